@@ -1,0 +1,50 @@
+"""Models by name: ViT sizes, and `build(model_config)` for the MAE."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mae_jax.models.mae import MAE, MAEDecoder, MAEOutput
+from mae_jax.models.vit import VisionEncoder
+
+# width, depth, heads of the standard ViT sizes (MLP ratio 4 throughout).
+VIT_SIZES = {
+    "tiny": (192, 12, 3),
+    "small": (384, 12, 6),
+    "base": (768, 12, 12),
+    "large": (1024, 24, 16),
+    "huge": (1280, 32, 16),
+}
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def encoder_size(name: str) -> dict:
+  """'base/16' -> the encoder fields of a model config."""
+  size, _, patch = name.partition("/")
+  if size not in VIT_SIZES or not patch.isdigit():
+    raise ValueError(f"unknown model {name!r}: use <size>/<patch> with size in "
+                     f"{sorted(VIT_SIZES)}, e.g. 'base/16'")
+  width, depth, heads = VIT_SIZES[size]
+  return dict(patch_size=int(patch), width=width, depth=depth, num_heads=heads,
+              mlp_dim=4 * width)
+
+
+def compute_dtype(name: str):
+  """'auto' is float32 on CPU (exact, fast there) and bfloat16 elsewhere."""
+  if name == "auto":
+    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+  if name not in DTYPES:
+    raise ValueError(f"dtype={name!r} is not one of {['auto', *DTYPES]}")
+  return DTYPES[name]
+
+
+def build(model_config: ml_collections.ConfigDict) -> MAE:
+  """The MAE described by `model_config` (see configs/common.py)."""
+  fields = dict(model_config)
+  fields["dtype"] = compute_dtype(fields["dtype"])
+  return MAE(**fields)
+
+
+__all__ = ["MAE", "MAEDecoder", "MAEOutput", "VisionEncoder", "VIT_SIZES",
+           "build", "compute_dtype", "encoder_size"]

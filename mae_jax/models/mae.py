@@ -1,0 +1,129 @@
+"""The masked autoencoder (SPEC §1; MAE §3), read top to bottom:
+`random_masking` -> `encode` -> `decode` -> `loss`."""
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mae_jax import losses
+from mae_jax import masking
+from mae_jax import patches
+from mae_jax.models import vit
+
+Dtype = Any
+
+
+@flax.struct.dataclass
+class MAEOutput:
+  loss: jnp.ndarray  # () float32, mean over removed patches
+  pred: jnp.ndarray  # (B, L, p*p*3) float32, in the loss's target space
+  mask: jnp.ndarray  # (B, L) 1 = removed
+
+
+class MAEDecoder(nn.Module):
+  """Lightweight decoder over the full set of tokens (visible + mask)."""
+  patch_size: int
+  width: int
+  depth: int
+  num_heads: int
+  mlp_dim: int
+  layer_norm_eps: float = 1e-6
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, latent: jnp.ndarray, ids_restore: jnp.ndarray,
+               grid_hw: tuple[int, int]) -> jnp.ndarray:
+    """(B, 1 + L_keep, D_enc) -> (B, L, p*p*3) per-patch pixel predictions."""
+    x = nn.Dense(self.width, dtype=self.dtype, kernel_init=vit.xavier_uniform,
+                 name="embed")(latent)
+    b, n_visible = x.shape[0], x.shape[1] - 1
+    num_patches = ids_restore.shape[1]
+    mask_token = self.param("mask_token", vit.token_init, (1, 1, self.width))
+    mask_tokens = jnp.broadcast_to(mask_token.astype(x.dtype),
+                                   (b, num_patches - n_visible, self.width))
+    tokens = masking.unshuffle(
+        jnp.concatenate([x[:, 1:], mask_tokens], axis=1), ids_restore)
+    tokens = tokens + vit.sincos_pos_embed_2d(self.width, *grid_hw).astype(
+        x.dtype)
+    x = jnp.concatenate([x[:, :1], tokens], axis=1)  # cls pos-embed is 0
+    x = vit.Transformer(self.depth, self.num_heads, self.mlp_dim,
+                        self.layer_norm_eps, self.remat, self.dtype,
+                        name="transformer")(x)
+    pred = nn.Dense(self.patch_size ** 2 * 3, dtype=self.dtype,
+                    kernel_init=vit.xavier_uniform, name="pred")(x)
+    return pred[:, 1:].astype(jnp.float32)
+
+
+class MAE(nn.Module):
+  """Masked autoencoder: ViT encoder on visible patches + light decoder.
+
+  `__call__(images, noise=None)` masks with `noise` (B, L) when given, so a
+  masking can be reproduced exactly; otherwise it draws noise from the
+  'masking' rng stream.
+  """
+  patch_size: int
+  image_size: int
+  width: int
+  depth: int
+  num_heads: int
+  mlp_dim: int
+  decoder_width: int
+  decoder_depth: int
+  decoder_num_heads: int
+  decoder_mlp_dim: int
+  mask_ratio: float = 0.75
+  norm_pix_loss: bool = True
+  loss_on_all_patches: bool = False
+  layer_norm_eps: float = 1e-6
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+
+  def setup(self):
+    self.encoder = vit.VisionEncoder(
+        self.patch_size, self.width, self.depth, self.num_heads, self.mlp_dim,
+        self.layer_norm_eps, self.remat, self.dtype)
+    self.decoder = MAEDecoder(
+        self.patch_size, self.decoder_width, self.decoder_depth,
+        self.decoder_num_heads, self.decoder_mlp_dim, self.layer_norm_eps,
+        self.remat, self.dtype)
+
+  @property
+  def num_patches(self) -> int:
+    return patches.grid_size(self.image_size, self.patch_size) ** 2
+
+  def encode(self, images: jnp.ndarray, noise: jnp.ndarray):
+    """Embeds all patches, drops the masked ones, encodes the visible rest.
+
+    Returns latent (B, 1 + len_keep, D), mask (B, L), ids_restore (B, L).
+    """
+    tokens = self.encoder.embed(images.astype(self.dtype))  # (B, L, D)
+    len_keep = masking.num_kept(tokens.shape[1], self.mask_ratio)
+    visible, mask, ids_restore = masking.random_masking(tokens, noise, len_keep)
+    return self.encoder.transform(visible), mask, ids_restore
+
+  def decode(self, latent: jnp.ndarray, ids_restore: jnp.ndarray,
+             grid_hw: tuple[int, int]) -> jnp.ndarray:
+    return self.decoder(latent, ids_restore, grid_hw)
+
+  def loss(self, images: jnp.ndarray, pred: jnp.ndarray,
+           mask: jnp.ndarray) -> jnp.ndarray:
+    target = patches.patchify(images.astype(jnp.float32), self.patch_size)
+    return losses.reconstruction_loss(
+        pred, target, mask, norm_pix=self.norm_pix_loss,
+        on_all_patches=self.loss_on_all_patches)
+
+  def __call__(self, images: jnp.ndarray,
+               noise: jnp.ndarray | None = None) -> MAEOutput:
+    b, h, w, _ = images.shape
+    grid_hw = (patches.grid_size(h, self.patch_size),
+               patches.grid_size(w, self.patch_size))
+    if noise is None:
+      noise = jax.random.uniform(self.make_rng("masking"),
+                                 (b, grid_hw[0] * grid_hw[1]))
+    latent, mask, ids_restore = self.encode(images, noise)
+    pred = self.decode(latent, ids_restore, grid_hw)
+    return MAEOutput(loss=self.loss(images, pred, mask), pred=pred, mask=mask)

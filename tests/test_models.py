@@ -1,0 +1,130 @@
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import parameterized
+
+from configs import common
+from mae_jax import models
+from mae_jax.models import vit
+from testing_utils import tiny_model
+
+
+def official_sincos_2d(embed_dim, grid_size):
+  """The reference's get_2d_sincos_pos_embed, transcribed (w first, then h)."""
+
+  def one_dim(dim, pos):
+    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2))
+    out = np.einsum("m,d->md", pos.reshape(-1), omega)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+  grid = np.meshgrid(np.arange(grid_size, dtype=np.float32),
+                     np.arange(grid_size, dtype=np.float32))
+  grid = np.stack(grid, axis=0).reshape(2, 1, grid_size, grid_size)
+  return np.concatenate([one_dim(embed_dim // 2, grid[0]),
+                         one_dim(embed_dim // 2, grid[1])], axis=1)
+
+
+def _init(model, batch=2, seed=0):
+  images = jnp.zeros((batch, model.image_size, model.image_size, 3))
+  noise = jax.random.uniform(jax.random.key(seed + 1),
+                             (batch, model.num_patches))
+  return model.init(jax.random.key(seed), images, noise)["params"], images
+
+
+class ModelTest(chex.TestCase, parameterized.TestCase):
+
+  @parameterized.parameters(("base/16", 86e6), ("large/16", 304e6),
+                            ("huge/14", 632e6))
+  def test_encoder_parameter_count_matches_the_paper(self, name, expected):
+    model = models.build(common.mae_model(name, dtype="float32"))
+    shapes = jax.eval_shape(lambda: _init(model)[0])
+    count = sum(np.prod(x.shape) for x in jax.tree.leaves(shapes["encoder"]))
+    self.assertAlmostEqual(count / expected, 1.0, delta=0.01)
+
+  def test_sincos_matches_the_official_layout(self):
+    np.testing.assert_allclose(vit.sincos_pos_embed_2d(64, 5, 5),
+                               official_sincos_2d(64, 5), atol=1e-6)
+
+  def test_sincos_non_square_grid_is_row_major(self):
+    table = vit.sincos_pos_embed_2d(16, 2, 3)
+    # Token (h=1, w=2) is row-major index 5; its w part is sin/cos(2*omega).
+    np.testing.assert_allclose(table[5, 0], np.sin(2.0), atol=1e-6)
+    np.testing.assert_allclose(table[5, 8], np.sin(1.0), atol=1e-6)
+
+  def test_output_shapes_and_given_noise_reproduces_the_masking(self):
+    model = models.build(tiny_model())
+    params, _ = _init(model)
+    images = jax.random.normal(jax.random.key(2), (3, 16, 16, 3))
+    noise = jax.random.uniform(jax.random.key(3), (3, 16))
+    out1 = model.apply({"params": params}, images, noise=noise)
+    out2 = jax.jit(model.apply)({"params": params}, images, noise=noise)
+    chex.assert_shape(out1.pred, (3, 16, 48))
+    chex.assert_shape(out1.mask, (3, 16))
+    np.testing.assert_array_equal(out1.mask.sum(1), [12, 12, 12])
+    np.testing.assert_array_equal(out1.mask, out2.mask)
+    np.testing.assert_allclose(out1.loss, out2.loss, rtol=1e-5)
+    np.testing.assert_array_equal(
+        out1.mask, (noise >= np.sort(noise, 1)[:, 4:5]).astype(np.float32))
+
+  def test_without_noise_the_masking_rng_stream_is_used(self):
+    model = models.build(tiny_model())
+    params, images = _init(model)
+    masks = [model.apply({"params": params}, images,
+                         rngs={"masking": jax.random.key(s)}).mask
+             for s in (0, 0, 1)]
+    np.testing.assert_array_equal(masks[0], masks[1])
+    self.assertFalse(np.array_equal(masks[0], masks[2]))
+
+  def test_bfloat16_compute_keeps_float32_params_and_loss(self):
+    model = models.build(tiny_model(dtype="bfloat16"))
+    params, images = _init(model)
+    self.assertTrue(all(x.dtype == jnp.float32
+                        for x in jax.tree.leaves(params)))
+    out = model.apply({"params": params}, images + 1.0,
+                      noise=jnp.ones((2, 16)))
+    self.assertEqual(out.loss.dtype, jnp.float32)
+    self.assertEqual(out.pred.dtype, jnp.float32)
+    self.assertTrue(np.isfinite(out.loss))
+
+  def test_remat_changes_memory_not_results(self):
+    plain = models.build(tiny_model())
+    remat = models.build(tiny_model(remat=True))
+    params, _ = _init(plain)
+    images = jax.random.normal(jax.random.key(4), (2, 16, 16, 3))
+    noise = jax.random.uniform(jax.random.key(5), (2, 16))
+
+    def loss_and_grads(model):
+      return jax.value_and_grad(lambda p: model.apply(
+          {"params": p}, images, noise=noise).loss)(params)
+
+    chex.assert_trees_all_close(loss_and_grads(plain), loss_and_grads(remat),
+                                rtol=1e-5, atol=1e-6)
+
+  def test_init_follows_the_reference(self):
+    model = models.build(tiny_model(width=64, mlp_dim=128))
+    params, _ = _init(model, seed=7)
+    kernel = params["encoder"]["patch_embed"]["kernel"]  # (4*4*3, 64)
+    bound = np.sqrt(6 / (48 + 64))  # xavier-uniform on (fan_in, fan_out)
+    self.assertLessEqual(np.abs(kernel).max(), bound)
+    self.assertGreater(np.abs(kernel).max(), 0.9 * bound)
+    qkv = params["encoder"]["transformer"]["blocks_0"]["attn"]["qkv"]
+    self.assertLessEqual(np.abs(qkv["kernel"]).max(),
+                         np.sqrt(6 / (64 + 192)))
+    np.testing.assert_array_equal(qkv["bias"], 0.0)
+    norm = params["encoder"]["transformer"]["norm"]
+    np.testing.assert_array_equal(norm["scale"], 1.0)
+    np.testing.assert_array_equal(norm["bias"], 0.0)
+    self.assertAlmostEqual(float(params["decoder"]["mask_token"].std()),
+                           0.02, delta=0.01)
+
+  def test_encoder_runs_at_another_resolution(self):
+    model = models.build(tiny_model())
+    params, _ = _init(model)
+    encoder = models.VisionEncoder(4, 32, 2, 2, 64)
+    out = encoder.apply({"params": params["encoder"]}, jnp.ones((1, 24, 24, 3)))
+    chex.assert_shape(out, (1, 1 + 36, 32))
+
+  def test_unknown_dtype_is_rejected(self):
+    with self.assertRaisesRegex(ValueError, "bfloat16"):
+      models.compute_dtype("float8")
