@@ -1,0 +1,24 @@
+"""The offline demo: a tiny MAE on scikit-learn's digits, minutes on a CPU.
+
+  python -m mae_jax.main --config=configs/demo.py --workdir=workdirs/demo
+"""
+
+from configs import common
+
+
+def get_config():
+  config = common.pretrain_config("tiny/4")
+  config.model.update(
+      image_size=32, width=128, depth=4, num_heads=4, mlp_dim=512,
+      decoder_width=64, decoder_depth=2, decoder_num_heads=4,
+      decoder_mlp_dim=256, norm_pix_loss=False)
+  config.data.update(source="digits", name="digits", split="train",
+                     crop_scale=(0.5, 1.0), horizontal_flip=False)
+  config.batch_size = 128
+  config.total_steps = 1500
+  config.warmup_steps = 100
+  config.optimizer.base_lr = 1e-3
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 500
+  config.figure_every_steps = 500
+  return config

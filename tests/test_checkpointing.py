@@ -1,0 +1,113 @@
+import json
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mae_jax import checkpointing
+from mae_jax import train
+from mae_jax import writers
+from testing_utils import tiny_config, tiny_model
+
+
+def test_round_trip_restores_values_and_config(tmp_path):
+  tree = {"step": jnp.asarray(7, jnp.int32),
+          "params": {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}}
+  config = tiny_config()
+  saver = checkpointing.Checkpointer(str(tmp_path), keep=2)
+  saver.save(7, tree, config)
+  saver.wait()
+  # A new Checkpointer, as after a restart, reads what the old one wrote.
+  reader = checkpointing.Checkpointer(str(tmp_path), keep=2)
+  template = jax.tree.map(jnp.zeros_like, tree)
+  restored, step = reader.restore_latest(template)
+  assert step == 7
+  chex.assert_trees_all_equal(restored, tree)
+  assert reader.stored_config(7).model.width == config.model.width
+
+
+def test_keeps_only_the_last_checkpoints(tmp_path):
+  saver = checkpointing.Checkpointer(str(tmp_path), keep=2)
+  for step in (1, 2, 3):
+    saver.save(step, {"x": jnp.full((2,), step)}, tiny_config())
+  saver.wait()
+  assert saver.all_steps() == [2, 3]
+
+
+def test_no_checkpoint_returns_the_template(tmp_path):
+  template = {"x": jnp.ones(2)}
+  restored, step = checkpointing.Checkpointer(
+      str(tmp_path), keep=1).restore_latest(template)
+  assert step == 0 and restored is template
+
+
+def test_shape_mismatch_names_the_parameter(tmp_path):
+  saver = checkpointing.Checkpointer(str(tmp_path), keep=1)
+  saver.save(1, {"params": {"dense": {"kernel": jnp.ones((2, 3))},
+                            "old": jnp.ones(1)}}, tiny_config())
+  saver.wait()
+  template = {"params": {"dense": {"kernel": jnp.ones((2, 4))},
+                         "new": jnp.ones(1)}}
+  with pytest.raises(ValueError) as error:
+    saver.restore_latest(template)
+  message = str(error.value)
+  assert "params/dense/kernel: checkpoint (2, 3) vs model (2, 4)" in message
+  assert "params/new: not in the checkpoint" in message
+  assert "params/old: in the checkpoint, not in the model" in message
+  assert "new --workdir" in message
+
+
+class _Interrupt(Exception):
+  pass
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+  config = tiny_config(total_steps=6, log_every_steps=1,
+                       checkpoint_every_steps=3)
+  straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
+
+  # Stop the second run while it logs step 5: after the step-3 checkpoint.
+  create_writer = writers.create_writer
+
+  def interrupting_writer(workdir):
+    writer = create_writer(workdir)
+    write_scalars = writer.write_scalars
+
+    def write(step, scalars):
+      if step == 5:
+        raise _Interrupt()
+      write_scalars(step, scalars)
+
+    writer.write_scalars = write
+    return writer
+
+  monkeypatch.setattr(writers, "create_writer", interrupting_writer)
+  workdir = str(tmp_path / "resumed")
+  with pytest.raises(_Interrupt):
+    train.train_and_evaluate(config, workdir)
+  assert checkpointing.Checkpointer(workdir, 3).all_steps() == [3]
+  monkeypatch.setattr(writers, "create_writer", create_writer)
+  resumed = train.train_and_evaluate(config, workdir)
+
+  # Data order, augmentation and masking are functions of (seed, step), so
+  # the resumed run is the uninterrupted one, bit for bit.
+  chex.assert_trees_all_equal(resumed.params, straight.params)
+  chex.assert_trees_all_equal(resumed.opt_state, straight.opt_state)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    steps = [json.loads(line)["step"] for line in f]
+  assert steps == [1, 2, 3, 4, 4, 5, 6]
+
+
+def test_resuming_with_another_model_fails_with_the_parameter(tmp_path):
+  workdir = str(tmp_path)
+  train.train_and_evaluate(tiny_config(total_steps=2), workdir)
+  wider = tiny_config(total_steps=4)
+  wider.model = tiny_model(width=64)
+  with pytest.raises(ValueError,
+                     match=r"encoder/patch_embed/kernel: checkpoint \(48, 32\) "
+                           r"vs model \(48, 64\)"):
+    train.train_and_evaluate(wider, workdir)
+  assert checkpointing.Checkpointer(workdir, 3).all_steps() == [2]

@@ -1,0 +1,55 @@
+"""End to end: `python -m mae_jax.main` as a user runs it."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHORT_DEMO = ["--config=configs/demo.py", "--config.batch_size=16",
+              "--config.log_every_steps=2", "--config.checkpoint_every_steps=2",
+              "--config.figure_every_steps=2", "--config.warmup_steps=1"]
+
+
+def run_main(*args):
+  return subprocess.run([sys.executable, "-m", "mae_jax.main", *args],
+                        cwd=ROOT, capture_output=True, text=True, timeout=600,
+                        check=False)
+
+
+def test_demo_writes_outputs_and_resumes(tmp_path):
+  workdir = str(tmp_path / "demo")
+  first = run_main(*SHORT_DEMO, f"--workdir={workdir}",
+                   "--config.total_steps=4")
+  assert first.returncode == 0, first.stderr[-3000:]
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  assert [r["step"] for r in records] == [1, 2, 4]
+  assert {"train/loss", "train/lr", "train/grad_norm",
+          "train/img_per_s"} <= set(records[-1])
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "4"))
+  assert glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
+  assert os.path.exists(os.path.join(workdir, "reconstruction_0000004.png"))
+
+  again = run_main(*SHORT_DEMO, f"--workdir={workdir}",
+                   "--config.total_steps=6")
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "Resuming from step 4" in again.stderr
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    assert json.loads(f.readlines()[-1])["step"] == 6
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--config.batch_size=12", "batch_size=12 is not divisible by the 8"),
+    ("--config.model.mask_raito=0.5", "mask_raito"),
+    ("--config.data.source=imagenet", "data.source='imagenet'"),
+])
+def test_bad_input_fails_before_training_with_a_clear_message(
+    tmp_path, flag, message):
+  result = run_main(*SHORT_DEMO, f"--workdir={tmp_path}", flag)
+  assert result.returncode != 0
+  assert message in result.stderr, result.stderr[-3000:]
+  assert not glob.glob(os.path.join(str(tmp_path), "checkpoints", "*"))

@@ -1,0 +1,147 @@
+import functools
+import json
+import logging
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mae_jax import devices as devices_lib
+from mae_jax import models
+from mae_jax import optim
+from mae_jax import train
+from mae_jax.data import sources
+from testing_utils import tiny_config
+
+
+def _read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def _fixed_batch(config, num_devices):
+  """The first digits, as the pipeline would lay them out."""
+  per_device = config.batch_size // num_devices
+  size = config.model.image_size
+  digits = sources.DigitsSource("train", size)
+  images = np.stack([digits[i].image for i in range(config.batch_size)])
+  return {
+      "image": images.reshape(num_devices, per_device, size, size, 3),
+      "label": np.zeros((num_devices, per_device), np.int32),
+      "example_id": np.arange(config.batch_size, dtype=np.int32).reshape(
+          num_devices, per_device),
+  }
+
+
+def _step_fn(config, grad_accum_steps=1):
+  model = models.build(config.model)
+  schedule = optim.warmup_cosine_schedule(
+      optim.peak_learning_rate(config), config.warmup_steps,
+      config.total_steps)
+  state = train.create_train_state(model, config, jax.random.key(0), schedule)
+  step = jax.pmap(functools.partial(
+      train.train_step, model=model, schedule=schedule,
+      grad_accum_steps=grad_accum_steps), axis_name=train.AXIS)
+  return state, step
+
+
+def test_loss_decreases_on_a_fixed_batch():
+  config = tiny_config(total_steps=40, warmup_steps=0)
+  config.optimizer.base_lr = 0.016  # lr 1e-3 at batch 16
+  state, step = _step_fn(config)
+  devices = jax.local_devices()
+  state = devices_lib.replicate(state, devices)
+  batch = devices_lib.shard(_fixed_batch(config, 8), devices)
+  rng = devices_lib.replicate(jax.random.key(1), devices)
+  losses = []
+  for _ in range(40):
+    state, metrics = step(state, batch, rng)
+    losses.append(float(devices_lib.unreplicate(metrics).loss.compute()))
+  assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_gradient_accumulation_matches_the_whole_batch():
+  config = tiny_config()
+  model = models.build(config.model)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)),
+                      jnp.zeros((1, 16)))["params"]
+  images = jax.random.normal(jax.random.key(1), (8, 16, 16, 3))
+  noise = jax.random.uniform(jax.random.key(2), (8, 16))
+
+  def loss_fn(params, images, noise):
+    return model.apply({"params": params}, images, noise).loss
+
+  accumulate = jax.jit(train.accumulate_gradients, static_argnums=(0, 3))
+  whole = accumulate(loss_fn, params, (images, noise), 1)
+  in_four = accumulate(loss_fn, params, (images, noise), 4)
+  chex.assert_trees_all_close(whole, in_four, rtol=1e-5, atol=1e-7)
+
+
+def test_same_trajectory_on_one_and_on_eight_devices(tmp_path):
+  config = tiny_config(total_steps=4, log_every_steps=1)
+  one = train.train_and_evaluate(config, str(tmp_path / "one"),
+                                 devices=jax.local_devices()[:1])
+  eight = train.train_and_evaluate(config, str(tmp_path / "eight"))
+  losses_one = [m["train/loss"] for m in _read_metrics(tmp_path / "one")]
+  losses_eight = [m["train/loss"] for m in _read_metrics(tmp_path / "eight")]
+  assert len(losses_one) == 4
+  np.testing.assert_allclose(losses_one, losses_eight, rtol=1e-5)
+  # Float noise differs with the reduction order; Adam turns it into updates
+  # of ~1e-6 on parameters whose true gradient is zero (the key bias). A
+  # real divergence moves parameters by ~lr = 6e-5 per step.
+  chex.assert_trees_all_close(one.params, eight.params, rtol=1e-5, atol=1e-5)
+  # A different seed is a different trajectory: the comparison has teeth.
+  other = train.train_and_evaluate(tiny_config(total_steps=4, seed=1),
+                                   str(tmp_path / "other"))
+  with pytest.raises(AssertionError):
+    chex.assert_trees_all_close(one.params, other.params, rtol=1e-5,
+                                atol=1e-5)
+
+
+class _CompileLog(logging.Handler):
+
+  def __init__(self):
+    super().__init__()
+    self.messages = []
+
+  def emit(self, record):
+    self.messages.append(record.getMessage())
+
+
+def test_train_step_compiles_once(tmp_path):
+  handler = _CompileLog()
+  logger = logging.getLogger("jax._src.interpreters.pxla")
+  logger.addHandler(handler)
+  try:
+    with jax.log_compiles(True):
+      train.train_and_evaluate(
+          tiny_config(total_steps=5, log_every_steps=1, figure_every_steps=2,
+                      checkpoint_every_steps=2), str(tmp_path))
+  finally:
+    logger.removeHandler(handler)
+  # pmap compiles its function as `jit(_fun)`; the step is the only pmap.
+  step_compiles = [m for m in handler.messages
+                   if m.startswith("Compiling jit(_fun)")]
+  assert len(step_compiles) == 1, step_compiles
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
+  workdir = str(tmp_path)
+  config = tiny_config(total_steps=2, checkpoint_every_steps=2)
+  train.train_and_evaluate(config, workdir)
+  # An absurd learning rate overflows the parameters at step 3 (the loss of
+  # step 3 is still finite: it is computed before the update).
+  config.total_steps, config.warmup_steps = 6, 0
+  config.optimizer.base_lr = 1e35
+  with pytest.raises(FloatingPointError,
+                     match=r"not finite at step 3.*step 2\) .* is intact"):
+    train.train_and_evaluate(config, workdir)
+  checkpointer = train.checkpointing.Checkpointer(workdir, 3)
+  assert checkpointer.all_steps() == [2]
+  state, _ = _step_fn(config)
+  restored, step = checkpointer.restore_latest(train.checkpoint_tree(state))
+  assert step == 2
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored))
