@@ -1,0 +1,180 @@
+"""Config files as the command line loads them, the paper's recipe, checks."""
+
+import os
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from configs import common
+from mae_jax import models
+from mae_jax import optim
+from mae_jax import train
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "configs")
+IMAGENET_CONFIGS = ("mae_vit_base_pretrain.py", "mae_vit_large_pretrain.py",
+                    "mae_vit_huge_pretrain.py")
+ALL_CONFIGS = ("demo.py",) + IMAGENET_CONFIGS
+
+
+def _load(config_file, *overrides):
+  """Parses a command line the way mae_jax/main.py does (locked config)."""
+  argv = ["main", f"--config={os.path.join(CONFIG_DIR, config_file)}",
+          *overrides]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "config file",
+                                  flag_values=flag_values, lock_config=True,
+                                  sys_argv=argv)
+  flag_values(argv)
+  return flag_values.config
+
+
+def test_every_config_file_is_tested():
+  files = {f for f in os.listdir(CONFIG_DIR)
+           if f.endswith(".py") and f not in ("__init__.py", "common.py")}
+  assert files == set(ALL_CONFIGS)
+
+
+@pytest.mark.parametrize("config_file", ALL_CONFIGS)
+def test_config_file_loads_locked_and_valid(config_file):
+  config = _load(config_file)
+  assert config.is_locked
+  assert config.mode == "pretrain"
+  assert config.model.image_size % config.model.patch_size == 0
+  # The recipe fits on 8 devices as written.
+  train.validate_config(config, process_count=1, local_device_count=8)
+  with pytest.raises(AttributeError):
+    config.model.new_field = 1  # locked: no new keys
+
+
+@pytest.mark.parametrize("config_file", ALL_CONFIGS)
+def test_command_line_overrides_change_values(config_file):
+  config = _load(config_file, "--config.batch_size=64",
+                 "--config.model.mask_ratio=0.5",
+                 "--config.data.data_dir=/tmp/somewhere")
+  assert config.batch_size == 64
+  assert config.model.mask_ratio == 0.5
+  assert config.data.data_dir == "/tmp/somewhere"
+  # Others keep their values.
+  assert config.model.decoder_mlp_dim == _load(config_file).model.decoder_mlp_dim
+
+
+@pytest.mark.parametrize("override,bad_key", [
+    ("--config.model.mask_raito=0.5", "mask_raito"),
+    ("--config.batch_sise=64", "batch_sise"),
+    ("--config.data.sorce=folder", "sorce"),
+])
+def test_unknown_key_on_command_line_fails(override, bad_key):
+  with pytest.raises(AttributeError) as info:
+    _load("demo.py", override)
+  assert bad_key in str(info.value)
+
+
+@pytest.mark.parametrize("config_file", IMAGENET_CONFIGS)
+def test_imagenet_configs_hold_the_paper_recipe(config_file):
+  config = _load(config_file)
+  assert config.batch_size == 4096
+  assert config.grad_accum_steps == 1
+  assert config.optimizer.base_lr == 1.5e-4
+  assert optim.peak_learning_rate(config) == pytest.approx(1.5e-4 * 16)
+  assert (config.optimizer.b1, config.optimizer.b2) == (0.9, 0.95)
+  assert config.optimizer.weight_decay == 0.05
+  assert config.optimizer.min_lr == 0.0
+  assert config.optimizer.grad_clip_norm == 0.0  # no clipping
+  model = config.model
+  assert model.image_size == 224
+  assert model.mask_ratio == 0.75
+  assert model.norm_pix_loss is True
+  assert model.loss_on_all_patches is False
+  assert model.layer_norm_eps == 1e-6
+  assert (model.decoder_depth, model.decoder_width,
+          model.decoder_num_heads) == (8, 512, 16)
+  assert model.decoder_mlp_dim == 4 * 512
+  assert model.mlp_dim == 4 * model.width
+  # 40 warm-up and 800 epochs of ImageNet-1k's 1,281,167 images, in steps.
+  assert config.warmup_steps == 40 * 1_281_167 // 4096 == 12511
+  assert config.total_steps == 800 * 1_281_167 // 4096 == 250227
+  data = config.data
+  assert (data.source, data.name, data.split) == ("tfds", "imagenet2012",
+                                                  "train")
+  assert tuple(data.crop_scale) == (0.2, 1.0)
+  assert tuple(data.crop_ratio) == pytest.approx((3 / 4, 4 / 3))
+  assert data.horizontal_flip is True
+
+
+@pytest.mark.parametrize("config_file,patch,width,depth,heads", [
+    ("mae_vit_base_pretrain.py", 16, 768, 12, 12),
+    ("mae_vit_large_pretrain.py", 16, 1024, 24, 16),
+    ("mae_vit_huge_pretrain.py", 14, 1280, 32, 16),
+])
+def test_imagenet_configs_have_the_vit_sizes(config_file, patch, width, depth,
+                                             heads):
+  model = _load(config_file).model
+  assert (model.patch_size, model.width, model.depth,
+          model.num_heads) == (patch, width, depth, heads)
+
+
+def test_encoder_size_rejects_unknown_model_listing_known_sizes():
+  with pytest.raises(ValueError) as info:
+    models.encoder_size("gigantic/16")
+  message = str(info.value)
+  assert "gigantic/16" in message
+  for size in ("tiny", "small", "base", "large", "huge"):
+    assert size in message
+
+
+def test_encoder_size_needs_a_numeric_patch():
+  with pytest.raises(ValueError, match="base/16"):
+    models.encoder_size("base")
+
+
+def _config(**overrides):
+  config = common.pretrain_config("base/16")
+  config.update(batch_size=64, total_steps=100, warmup_steps=10)
+  config.update(overrides)
+  return config
+
+
+def test_validate_config_accepts_a_consistent_config():
+  train.validate_config(_config(grad_accum_steps=4), 1, 8)
+  train.validate_config(_config(), 2, 4)
+
+
+def test_validate_config_rejects_batch_not_divisible_by_devices():
+  with pytest.raises(ValueError) as info:
+    train.validate_config(_config(batch_size=100), 1, 8)
+  message = str(info.value)
+  assert "batch_size=100" in message
+  assert "8 devices" in message
+  assert "multiple of 8" in message
+
+
+def test_validate_config_counts_devices_of_all_processes():
+  # 20 is divisible by the 4 local devices, not by the 2 x 4 global ones.
+  with pytest.raises(ValueError, match="8 devices"):
+    train.validate_config(_config(batch_size=20), 2, 4)
+
+
+def test_validate_config_rejects_per_device_batch_not_divisible_by_accum():
+  with pytest.raises(ValueError) as info:
+    train.validate_config(_config(batch_size=64, grad_accum_steps=3), 1, 8)
+  message = str(info.value)
+  assert "per-device batch (8)" in message
+  assert "grad_accum_steps=3" in message
+
+
+def test_validate_config_rejects_warmup_longer_than_training():
+  with pytest.raises(ValueError) as info:
+    train.validate_config(_config(total_steps=100, warmup_steps=101), 1, 8)
+  message = str(info.value)
+  assert "warmup_steps (101)" in message
+  assert "total_steps (100)" in message
+
+
+def test_validate_config_rejects_unknown_mode():
+  with pytest.raises(ValueError) as info:
+    train.validate_config(_config(mode="finetune"), 1, 8)
+  message = str(info.value)
+  assert "'finetune'" in message
+  assert "pretrain" in message

@@ -1,0 +1,473 @@
+"""Data sources, per-image transforms and the deterministic train pipeline."""
+
+import math
+import threading
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import common
+from mae_jax.data import pipeline
+from mae_jax.data import sources
+from mae_jax.data import transforms
+
+RED = (200, 30, 40)
+BLUE = (20, 40, 220)
+GREEN = (30, 200, 60)
+
+
+def _data_config(**overrides):
+  """The recipe's data config with small, fast settings."""
+  config = common.pretrain_config("tiny/4").data
+  config.update(num_workers=2, prefetch_batches=1)
+  config.update(overrides)
+  return config
+
+
+class ListSource:
+  """An in-memory source: example i has a solid image and label i."""
+
+  def __init__(self, num_examples, size=12):
+    self.num_classes = num_examples
+    self._examples = [
+        sources.Example(np.full((size, size, 3), i + 1, np.uint8), i)
+        for i in range(num_examples)]
+
+  def __len__(self):
+    return len(self._examples)
+
+  def __getitem__(self, index):
+    return self._examples[index]
+
+
+@pytest.fixture
+def make_pipeline():
+  """Builds TrainPipelines and closes every one of them after the test."""
+  made = []
+
+  def make(source, *, batch_size=8, image_size=8, seed=0, start_step=0,
+           local_device_count=2, process_index=0, process_count=1,
+           data_config=None):
+    p = pipeline.TrainPipeline(
+        source, data_config or _data_config(), batch_size=batch_size,
+        image_size=image_size, seed=seed, start_step=start_step,
+        local_device_count=local_device_count, process_index=process_index,
+        process_count=process_count)
+    made.append(p)
+    return p
+
+  yield make
+  for p in made:
+    p.close()
+
+
+def _save(path, pixels):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(pixels).save(path)
+
+
+def _solid(height, width, colour):
+  return np.full((height, width, 3), colour, np.uint8)
+
+
+def _assert_batches_equal(a, b):
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+# Sources.
+
+
+def test_digits_splits_have_documented_sizes_and_types():
+  train = sources.DigitsSource("train", 16)
+  test = sources.DigitsSource("test", 16)
+  assert (len(train), len(test)) == (1497, 300)
+  assert train.num_classes == 10
+  for source in (train, test):
+    for i in (0, len(source) - 1):
+      example = source[i]
+      assert example.image.shape == (16, 16, 3)
+      assert example.image.dtype == np.uint8
+      assert 0 <= example.label <= 9
+      assert example.image.max() > example.image.min()  # not blank
+  assert {train[i].label for i in range(50)} == set(range(10))
+
+
+def test_digits_unknown_split_raises():
+  with pytest.raises(ValueError, match="validation"):
+    sources.DigitsSource("validation", 16)
+
+
+def test_synthetic_source_is_a_pure_function_of_the_index():
+  source = sources.SyntheticSource(10, num_classes=7, num_examples=20)
+  again = sources.SyntheticSource(10, num_classes=7, num_examples=20)
+  assert len(source) == 20
+  assert source.num_classes == 7
+  first = source[3]
+  assert first.image.shape == (10, 10, 3)
+  assert first.image.dtype == np.uint8
+  np.testing.assert_array_equal(first.image, again[3].image)
+  assert first.label == again[3].label
+  assert not np.array_equal(first.image, source[4].image)
+  assert all(0 <= source[i].label < 7 for i in range(20))
+
+
+def test_open_source_unknown_kind_raises():
+  with pytest.raises(ValueError, match="folder"):
+    sources.open_source(_data_config(source="imagefolder"), "train", 8)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+  """root/train/{cat,dog}/ with PNG, JPEG, grayscale and a non-image file."""
+  root = tmp_path / "images"
+  _save(root / "train" / "dog" / "a.png", _solid(10, 14, RED))
+  _save(root / "train" / "dog" / "b.jpg", _solid(9, 9, GREEN))
+  _save(root / "train" / "cat" / "c.png", _solid(7, 12, BLUE))
+  gray = np.arange(5 * 6, dtype=np.uint8).reshape(5, 6) * 8
+  _save(root / "train" / "cat" / "gray.PNG", gray)
+  (root / "train" / "cat" / "notes.txt").write_text("not an image")
+  return root
+
+
+def test_folder_source_reads_images_with_labels_by_sorted_class(image_folder):
+  source = sources.FolderSource(str(image_folder), "train")
+  assert source.classes == ["cat", "dog"]
+  assert source.num_classes == 2
+  assert len(source) == 4  # notes.txt is not an image
+  examples = [source[i] for i in range(len(source))]
+  by_shape = {e.image.shape: e for e in examples}
+  assert set(by_shape) == {(10, 14, 3), (9, 9, 3), (7, 12, 3), (5, 6, 3)}
+  assert all(e.image.dtype == np.uint8 for e in examples)
+  # cat (label 0): the blue PNG and the grayscale one.
+  np.testing.assert_array_equal(by_shape[(7, 12, 3)].image, _solid(7, 12, BLUE))
+  assert by_shape[(7, 12, 3)].label == 0
+  gray = np.arange(30, dtype=np.uint8).reshape(5, 6) * 8
+  np.testing.assert_array_equal(by_shape[(5, 6, 3)].image,
+                                np.stack([gray] * 3, axis=-1))
+  assert by_shape[(5, 6, 3)].label == 0
+  # dog (label 1): the red PNG and the green JPEG (lossy).
+  np.testing.assert_array_equal(by_shape[(10, 14, 3)].image,
+                                _solid(10, 14, RED))
+  assert by_shape[(10, 14, 3)].label == 1
+  np.testing.assert_allclose(by_shape[(9, 9, 3)].image.mean(axis=(0, 1)),
+                             GREEN, atol=8)
+  assert by_shape[(9, 9, 3)].label == 1
+
+
+def test_folder_source_missing_split_names_path_and_contents(image_folder):
+  with pytest.raises(FileNotFoundError) as info:
+    sources.FolderSource(str(image_folder), "val")
+  message = str(info.value)
+  assert str(image_folder / "val") in message
+  assert "'train'" in message  # what the root holds instead
+
+
+def test_folder_source_missing_root_says_it_does_not_exist(tmp_path):
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    sources.FolderSource(str(tmp_path / "nowhere"), "train")
+
+
+def test_folder_source_without_images_raises(tmp_path):
+  (tmp_path / "train" / "cat").mkdir(parents=True)
+  (tmp_path / "train" / "cat" / "readme.txt").write_text("x")
+  with pytest.raises(FileNotFoundError, match="no images") as info:
+    sources.FolderSource(str(tmp_path), "train")
+  assert str(tmp_path / "train") in str(info.value)
+
+
+def test_folder_source_needs_data_dir():
+  with pytest.raises(ValueError, match="--config.data.data_dir"):
+    sources.open_source(_data_config(source="folder", data_dir=""), "train", 8)
+
+
+# Corrupt images.
+
+
+@pytest.fixture
+def folder_with_corrupt_image(tmp_path):
+  """Five readable solid-colour images and one .jpg of garbage bytes."""
+  colours = [RED, BLUE, GREEN, (250, 250, 10), (120, 20, 160)]
+  for i, colour in enumerate(colours):
+    _save(tmp_path / "train" / f"class{i % 2}" / f"img{i}.png",
+          _solid(12 + i, 16, colour))
+  bad = tmp_path / "train" / "class0" / "broken.jpg"
+  bad.write_bytes(b"\xff\xd8 this is not a jpeg " * 7)
+  return tmp_path, bad, colours
+
+
+def test_folder_source_corrupt_image_raises_with_its_path(
+    folder_with_corrupt_image):
+  root, bad, _ = folder_with_corrupt_image
+  source = sources.FolderSource(str(root), "train")
+  index = [str(f) for f in source._files].index(str(bad))  # pylint: disable=protected-access
+  with pytest.raises(sources.CorruptImageError) as info:
+    source[index]  # pylint: disable=pointless-statement
+  assert info.value.where == str(bad)
+
+
+def test_corrupt_image_fails_the_pipeline_naming_file_and_fix(
+    folder_with_corrupt_image, make_pipeline):
+  root, bad, _ = folder_with_corrupt_image
+  source = sources.FolderSource(str(root), "train")
+  assert len(source) == 6
+  # One batch of 8 covers every example of the first epoch.
+  batches = make_pipeline(source, batch_size=8,
+                          data_config=_data_config(corrupt_images="fail"))
+  with pytest.raises(ValueError) as info:
+    next(batches)
+  assert str(bad) in str(info.value)
+  assert "skip" in str(info.value)
+  # Asking again raises again instead of waiting for a batch that never
+  # comes (checked from a thread, so a regression fails instead of hanging).
+  second = []
+  thread = threading.Thread(target=lambda: second.append(
+      pytest.raises(ValueError, next, batches)), daemon=True)
+  thread.start()
+  thread.join(timeout=10)
+  assert second and str(bad) in str(second[0].value)
+  # A direct batch(step) call raises the same error.
+  direct = make_pipeline(source, batch_size=8,
+                         data_config=_data_config(corrupt_images="fail"))
+  with pytest.raises(ValueError, match="skip") as info:
+    direct.batch(0)
+  assert str(bad) in str(info.value)
+
+
+def test_corrupt_image_is_replaced_by_a_readable_one_with_skip(
+    folder_with_corrupt_image, make_pipeline):
+  root, _, colours = folder_with_corrupt_image
+  source = sources.FolderSource(str(root), "train")
+  batches = make_pipeline(source, batch_size=8, image_size=8,
+                          data_config=_data_config(corrupt_images="skip"))
+  for _ in range(3):
+    batch = next(batches)
+    assert batch["image"].shape == (2, 4, 8, 8, 3)
+    for image in batch["image"].reshape(-1, 8, 8, 3).astype(int):
+      # Every image is one of the readable solid colours, nothing else.
+      assert min(np.abs(image - c).max() for c in colours) <= 1
+  assert batches.skipped_images > 0
+
+
+# tfds.
+
+
+def test_tfds_imagenet_source_yields_rgb_uint8(make_pipeline):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  config = _data_config(source="tfds", name="imagenet2012", data_dir="")
+  with tfds.testing.mock_data(num_examples=6):
+    source = sources.open_source(config, "train", 8)
+    assert len(source) == 6
+    assert source.num_classes == 1000
+    for i in range(len(source)):
+      example = source[i]
+      assert example.image.ndim == 3 and example.image.shape[-1] == 3
+      assert example.image.dtype == np.uint8
+      assert 0 <= example.label < 1000
+    batch = next(make_pipeline(source, batch_size=4, image_size=8))
+  assert batch["image"].shape == (2, 2, 8, 8, 3)
+  assert batch["image"].dtype == np.uint8
+  assert batch["label"].shape == (2, 2)
+
+
+def test_tfds_unprepared_data_dir_explains_how_to_build(tmp_path):
+  with pytest.raises(FileNotFoundError) as info:
+    sources.TfdsSource("imagenet2012", "train", str(tmp_path))
+  message = str(info.value)
+  assert "--file_format=array_record" in message
+  assert str(tmp_path) in message
+
+
+def test_tfds_unknown_name_raises(tmp_path):
+  with pytest.raises(ValueError, match="--config.data.name"):
+    sources.TfdsSource("imagenet_2012_typo", "train", str(tmp_path))
+
+
+# The train pipeline.
+
+
+def _synthetic():
+  return sources.SyntheticSource(16, num_classes=10, num_examples=40)
+
+
+def test_batches_have_local_layout_and_dtypes(make_pipeline):
+  batch = next(make_pipeline(_synthetic(), batch_size=8, image_size=8,
+                             local_device_count=4))
+  assert batch["image"].shape == (4, 2, 8, 8, 3)
+  assert batch["image"].dtype == np.uint8
+  assert batch["label"].shape == (4, 2)
+  assert batch["label"].dtype == np.int32
+  np.testing.assert_array_equal(batch["example_id"],
+                                np.arange(8, dtype=np.int32).reshape(4, 2))
+
+
+def test_same_seed_gives_identical_batches(make_pipeline):
+  a = make_pipeline(_synthetic(), seed=3)
+  b = make_pipeline(_synthetic(), seed=3)
+  for _ in range(3):
+    _assert_batches_equal(next(a), next(b))
+
+
+def test_different_seed_gives_different_batches(make_pipeline):
+  a = next(make_pipeline(_synthetic(), seed=0))
+  b = next(make_pipeline(_synthetic(), seed=1))
+  assert not np.array_equal(a["image"], b["image"])
+
+
+def test_resumed_pipeline_yields_identical_batches(make_pipeline):
+  fresh = make_pipeline(_synthetic(), seed=5)
+  resumed = make_pipeline(_synthetic(), seed=5, start_step=3)
+  fresh_batches = [next(fresh) for _ in range(6)]
+  _assert_batches_equal(next(resumed), fresh_batches[3])
+  _assert_batches_equal(next(resumed), fresh_batches[4])
+  _assert_batches_equal(fresh.batch(5), fresh_batches[5])
+
+
+def test_process_slices_concatenate_to_the_single_process_batch(
+    make_pipeline):
+  single = make_pipeline(_synthetic(), batch_size=16, local_device_count=8)
+  parts = [make_pipeline(_synthetic(), batch_size=16, local_device_count=4,
+                         process_index=i, process_count=2) for i in (0, 1)]
+  for _ in range(2):
+    whole = next(single)
+    halves = [next(p) for p in parts]
+    for half, first in zip(halves, (0, 8)):
+      assert half["image"].shape == (4, 2, 8, 8, 3)
+      np.testing.assert_array_equal(half["example_id"].ravel(),
+                                    np.arange(first, first + 8))
+    for key in ("image", "label", "example_id"):
+      joined = np.concatenate(
+          [h[key].reshape((8,) + h[key].shape[2:]) for h in halves])
+      np.testing.assert_array_equal(
+          joined, whole[key].reshape((16,) + whole[key].shape[2:]),
+          err_msg=key)
+
+
+def test_shuffled_stream_visits_every_example_once_per_epoch():
+  stream = pipeline.ShuffledStream(10, seed=0)
+  first = stream(np.arange(10))
+  second = stream(np.arange(10, 20))
+  np.testing.assert_array_equal(np.sort(first), np.arange(10))
+  np.testing.assert_array_equal(np.sort(second), np.arange(10))
+  assert not np.array_equal(first, second)  # a fresh permutation per epoch
+  assert not np.array_equal(first, np.arange(10))  # shuffled at all
+  np.testing.assert_array_equal(
+      pipeline.ShuffledStream(10, seed=0)(np.arange(20)),
+      np.concatenate([first, second]))
+
+
+def test_shuffled_stream_rejects_empty_source():
+  with pytest.raises(ValueError, match="empty"):
+    pipeline.ShuffledStream(0, seed=0)
+
+
+def test_pipeline_sees_every_example_once_per_epoch(make_pipeline):
+  num_examples, batch_size = 10, 4
+  batches = make_pipeline(ListSource(num_examples), batch_size=batch_size)
+  steps = math.ceil(num_examples / batch_size)
+  labels = np.concatenate([next(batches)["label"].ravel()
+                           for _ in range(steps)])
+  np.testing.assert_array_equal(np.sort(labels[:num_examples]),
+                                np.arange(num_examples))
+
+
+def test_local_batch_layout_splits_batch_over_processes():
+  assert pipeline.local_batch_layout(16, 0, 1, 8) == (0, 2)
+  assert pipeline.local_batch_layout(16, 1, 2, 4) == (8, 2)
+
+
+def test_local_batch_layout_rejects_indivisible_batch():
+  with pytest.raises(ValueError) as info:
+    pipeline.local_batch_layout(100, 0, 1, 8)
+  message = str(info.value)
+  assert "batch_size=100" in message
+  assert "8 devices" in message
+  assert "multiple of 8" in message
+  assert "--config.batch_size=96" in message
+
+
+# Transforms.
+
+
+def _random_image(height, width, seed=0):
+  return np.random.default_rng(seed).integers(
+      0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def test_random_resized_crop_shape_and_determinism():
+  image = _random_image(30, 45)
+  crop = lambda seed: transforms.random_resized_crop(
+      image, np.random.default_rng(seed), 12, (0.2, 1.0), (3 / 4, 4 / 3))
+  out = crop(7)
+  assert out.shape == (12, 12, 3)
+  assert out.dtype == np.uint8
+  np.testing.assert_array_equal(out, crop(7))
+  assert not np.array_equal(out, crop(8))
+
+
+def test_random_resized_crop_of_full_square_is_a_bicubic_resize():
+  image = _random_image(20, 20)
+  out = transforms.random_resized_crop(image, np.random.default_rng(1), 12,
+                                       (1.0, 1.0), (1.0, 1.0))
+  expected = np.asarray(Image.fromarray(image).resize((12, 12), Image.BICUBIC))
+  np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("shape", [(4, 200), (200, 4)])
+def test_random_resized_crop_falls_back_to_the_centre(shape):
+  # No crop of 20-100% area and aspect 3/4..4/3 fits: the centre is taken.
+  image = _solid(*shape, BLUE)
+  if shape[0] < shape[1]:
+    image[:, 90:110] = RED
+  else:
+    image[90:110, :] = RED
+  for seed in range(3):
+    out = transforms.random_resized_crop(image, np.random.default_rng(seed), 8,
+                                         (0.2, 1.0), (3 / 4, 4 / 3))
+    assert out.shape == (8, 8, 3)
+    np.testing.assert_array_equal(out, _solid(8, 8, RED))
+
+
+def test_center_crop_takes_the_centre():
+  image = _solid(64, 128, BLUE)
+  image[:, 24:104] = RED
+  image[:, 104:] = GREEN
+  out = transforms.center_crop(image, 16)
+  assert out.shape == (16, 16, 3)
+  assert out.dtype == np.uint8
+  np.testing.assert_array_equal(out, _solid(16, 16, RED))
+
+
+def test_center_crop_of_small_image_upsamples():
+  out = transforms.center_crop(_random_image(5, 9), 16)
+  assert out.shape == (16, 16, 3)
+
+
+def test_normalize_denormalize_round_trip():
+  images = _random_image(6, 7)
+  for xp in (np, jnp):
+    normalized = transforms.normalize(xp.asarray(images), xp=xp)
+    assert normalized.dtype == xp.float32
+    back = np.asarray(transforms.denormalize(normalized, xp=xp))
+    np.testing.assert_allclose(back * 255, images, atol=1e-3)
+  # Mean/std normalisation: the ImageNet mean colour maps to zero.
+  mean_colour = np.round(np.asarray(transforms.IMAGENET_MEAN) * 255)
+  np.testing.assert_allclose(
+      transforms.normalize(mean_colour.astype(np.uint8)), 0, atol=0.01)
+
+
+def test_random_horizontal_flip_depends_on_the_rng():
+  image = _random_image(4, 6)
+  outcomes = []
+  for seed in range(16):
+    out = transforms.random_horizontal_flip(image, np.random.default_rng(seed))
+    again = transforms.random_horizontal_flip(image,
+                                              np.random.default_rng(seed))
+    np.testing.assert_array_equal(out, again)
+    flipped = np.array_equal(out, image[:, ::-1])
+    assert flipped or np.array_equal(out, image)
+    outcomes.append(flipped)
+  assert any(outcomes) and not all(outcomes)
