@@ -58,7 +58,7 @@ def pretrain_config(model_name: str) -> ml_collections.ConfigDict:
       crop_ratio=(3 / 4, 4 / 3),
       horizontal_flip=True,
       # 'fail' stops with the file's path; 'skip' replaces the image with the
-      # next readable one in the sampling order and counts it.
+      # next readable one in the source's order and counts it.
       corrupt_images="fail",
       num_workers=0,  # threads decoding images; 0 = one per CPU core
       prefetch_batches=2,

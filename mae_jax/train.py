@@ -63,6 +63,8 @@ class TrainMetrics(metrics.Collection):
 def validate_config(config: ml_collections.ConfigDict, process_count: int,
                     local_device_count: int):
   """Checks what would otherwise fail late, with the fix in the message."""
+  if config.batch_size <= 0:
+    raise ValueError(f"batch_size={config.batch_size} must be positive")
   if config.mode != "pretrain":
     raise ValueError(f"mode={config.mode!r} is not known; use 'pretrain'")
   _, per_device = pipeline.local_batch_layout(

@@ -8,7 +8,6 @@ one would, and every process computes only its own slice of the batch.
 """
 
 import concurrent.futures
-import functools
 from absl import logging
 import os
 import queue
@@ -32,11 +31,15 @@ class ShuffledStream:
       raise ValueError("the data source is empty")
     self.num_examples = num_examples
     self._seed = seed
+    self._cache: dict[int, np.ndarray] = {}  # a batch spans <= 2 epochs
 
-  @functools.lru_cache(maxsize=2)
   def _permutation(self, epoch: int) -> np.ndarray:
-    return np.random.default_rng((self._seed, epoch)).permutation(
-        self.num_examples)
+    if epoch not in self._cache:
+      if len(self._cache) >= 2:
+        del self._cache[min(self._cache)]
+      self._cache[epoch] = np.random.default_rng(
+          (self._seed, epoch)).permutation(self.num_examples)
+    return self._cache[epoch]
 
   def __call__(self, positions: np.ndarray) -> np.ndarray:
     epochs, offsets = np.divmod(positions, self.num_examples)
@@ -82,7 +85,9 @@ class TrainPipeline:
     self._first, self._per_device = local_batch_layout(
         batch_size, process_index, process_count, local_device_count)
     self._devices = local_device_count
-    self.skipped_images = 0
+    self._skipped: set[str] = set()
+    self._skipped_lock = threading.Lock()
+    self._error: Exception | None = None
     workers = data_config.num_workers or os.cpu_count() or 1
     self._pool = concurrent.futures.ThreadPoolExecutor(workers)
     self._queue = queue.Queue(maxsize=max(1, data_config.prefetch_batches))
@@ -102,8 +107,14 @@ class TrainPipeline:
       image = transforms.random_horizontal_flip(image, rng)
     return image, example.label
 
+  @property
+  def skipped_images(self) -> int:
+    """How many distinct unreadable images were replaced so far."""
+    return len(self._skipped)
+
   def _load(self, index: int) -> sources.Example:
-    """source[index]; with corrupt_images='skip', the next readable one."""
+    """source[index]; with corrupt_images='skip', the next readable example
+    in the source's own order (deterministic, so resuming is unaffected)."""
     for attempt in range(len(self._source)):
       try:
         return self._source[(index + attempt) % len(self._source)]
@@ -112,9 +123,11 @@ class TrainPipeline:
           raise ValueError(
               f"{e}. Remove or replace the file, or set "
               "--config.data.corrupt_images=skip to train on without it.") from e
-        self.skipped_images += 1
-        logging.warning("Skipping unreadable image %s (%d skipped so far)",
-                        e.where, self.skipped_images)
+        with self._skipped_lock:
+          if e.where not in self._skipped:
+            self._skipped.add(e.where)
+            logging.warning("Skipping unreadable image %s (%d so far)",
+                            e.where, len(self._skipped))
     raise ValueError("no readable image in the data source")
 
   def batch(self, step: int) -> Batch:
@@ -152,11 +165,13 @@ class TrainPipeline:
     return self
 
   def __next__(self) -> Batch:
-    item = self._queue.get()
-    if isinstance(item, Exception):
+    if self._error is None:
+      item = self._queue.get()
+      if not isinstance(item, Exception):
+        return item
+      self._error = item
       self.close()
-      raise item
-    return item
+    raise self._error
 
   def close(self):
     self._stop.set()

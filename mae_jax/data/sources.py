@@ -160,10 +160,11 @@ class TfdsSource:
     except tfds.core.registered.DatasetNotFoundError as e:
       raise ValueError(f"tfds has no data set named {name!r}; check "
                        "--config.data.name") from e
-    except (NotImplementedError, AssertionError, FileNotFoundError) as e:
+    except (NotImplementedError, AssertionError, FileNotFoundError,
+            ValueError) as e:
       raise FileNotFoundError(
           f"tfds data set {name!r} (split {split!r}) cannot be read randomly "
-          f"from data_dir={data_dir!r}: {str(e).splitlines()[0]} To fix: "
+          f"from data_dir={data_dir!r}.\ntfds says: {e}\nTo fix: "
           f"{how_to_build}.") from e
     self._name = name
     features = self._data.dataset_info.features

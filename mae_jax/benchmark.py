@@ -1,0 +1,161 @@
+"""Times full training steps: python -m mae_jax.benchmark --config=... .
+
+Same model, optimizer and pmapped step as training, on a synthetic batch that
+already sits on the devices, so the figure is the step's own speed. Prints
+one JSON line. FLOPs come from XLA's cost analysis of the compiled step; the
+model-FLOP utilisation (MFU) is measured against `--peak_tflops`, else a
+table of known accelerators, else (CPUs) a measured matmul peak.
+"""
+
+import functools
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from mae_jax import devices as devices_lib
+from mae_jax import models
+from mae_jax import optim
+from mae_jax import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "A configs/*.py file.",
+                                lock_config=True)
+flags.DEFINE_integer("steps", 10, "Timed steps.")
+flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+flags.DEFINE_float("peak_tflops", 0.0,
+                   "Peak dense TFLOP/s of one device in the compute dtype; "
+                   "0 = from the table of known devices, or measured (CPU).")
+flags.mark_flags_as_required(["config"])
+
+# Dense peak TFLOP/s per JAX device: (bfloat16, float32).
+KNOWN_PEAKS = {
+    "TPU v2": (22.5, 22.5),  # per core; float32 matmuls run as bf16 passes
+    "TPU v3": (61.5, 61.5),  # per core
+    "TPU v4": (275.0, 275.0),
+    "TPU v5 lite": (197.0, 197.0),
+    "TPU v5": (459.0, 459.0),
+    "TPU v6 lite": (918.0, 918.0),
+    "NVIDIA A100-SXM4-40GB": (312.0, 19.5),
+    "NVIDIA A100-SXM4-80GB": (312.0, 19.5),
+    "NVIDIA H100 80GB HBM3": (989.0, 67.0),
+    "NVIDIA H200": (989.0, 67.0),
+}
+
+
+def measured_matmul_tflops(dtype, sizes=(1024, 2048, 4096), repeats=5) -> float:
+  """Best square-matmul throughput of one device: the attainable peak."""
+  best = 0.0
+  for n in sizes:
+    a = jnp.ones((n, n), dtype)
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      matmul(a).block_until_ready()
+      times.append(time.perf_counter() - start)
+    best = max(best, 2 * n ** 3 / statistics.median(times) / 1e12)
+  return best
+
+
+def peak_tflops(device, dtype, flag_value: float) -> tuple[float, str]:
+  """(peak TFLOP/s per device, where the number comes from)."""
+  if flag_value > 0:
+    return flag_value, "--peak_tflops"
+  for kind, (bf16, fp32) in KNOWN_PEAKS.items():
+    if device.device_kind == kind:
+      return (bf16 if dtype == jnp.bfloat16 else fp32), f"table: {kind}"
+  return measured_matmul_tflops(dtype), "measured matmul"
+
+
+def model_name(model_config) -> str:
+  for name, (width, depth, heads) in models.VIT_SIZES.items():
+    if (model_config.width, model_config.depth,
+        model_config.num_heads) == (width, depth, heads):
+      return f"{name}/{model_config.patch_size}"
+  return (f"vit-w{model_config.width}-d{model_config.depth}"
+          f"/{model_config.patch_size}")
+
+
+def run(config, steps: int, warmup: int, peak_flag: float) -> dict:
+  devices = jax.local_devices()
+  train.validate_config(config, 1, len(devices))
+  model = models.build(config.model)
+  schedule = optim.warmup_cosine_schedule(
+      optim.peak_learning_rate(config), config.warmup_steps,
+      config.total_steps, config.optimizer.min_lr)
+  state = train.create_train_state(model, config, jax.random.key(0), schedule)
+  p_step = jax.pmap(
+      functools.partial(train.train_step, model=model, schedule=schedule,
+                        grad_accum_steps=config.grad_accum_steps),
+      axis_name=train.AXIS, donate_argnums=(0,))
+
+  per_device = config.batch_size // len(devices)
+  size = config.model.image_size
+  rng = np.random.default_rng(0)
+  batch = devices_lib.shard({
+      "image": rng.integers(0, 256, (len(devices), per_device, size, size, 3),
+                            dtype=np.uint8),
+      "label": np.zeros((len(devices), per_device), np.int32),
+      "example_id": np.arange(config.batch_size, dtype=np.int32).reshape(
+          len(devices), per_device),
+  }, devices)
+  state = devices_lib.replicate(state, devices)
+  step_rng = devices_lib.replicate(jax.random.key(1), devices)
+
+  start = time.perf_counter()
+  compiled = p_step.lower(state, batch, step_rng).compile()
+  compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  # The pmapped program is one device's share of the batch.
+  step_flops = float(cost["flops"]) * len(devices)
+
+  for _ in range(warmup):
+    state, metrics = compiled(state, batch, step_rng)
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    state, metrics = compiled(state, batch, step_rng)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - start)
+
+  step_s = statistics.median(times)
+  dtype = models.compute_dtype(config.model.dtype)
+  peak, peak_source = peak_tflops(devices[0], dtype, peak_flag)
+  return {
+      "impl": "mae_jax",
+      "model": model_name(config.model),
+      "decoder": f"{config.model.decoder_depth}x{config.model.decoder_width}",
+      "mask_ratio": config.model.mask_ratio,
+      "batch": config.batch_size,
+      "dtype": jnp.dtype(dtype).name,
+      "devices": f"{len(devices)} x {devices[0].device_kind}",
+      "img_per_s": config.batch_size / step_s,
+      "step_s_median": step_s,
+      "step_s_min": min(times),
+      "compile_s": compile_s,
+      "train_gflop_per_img": step_flops / config.batch_size / 1e9,
+      "peak_tflops_per_device": peak,
+      "peak_source": peak_source,
+      "mfu": step_flops / step_s / (peak * 1e12 * len(devices)),
+  }
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  print(json.dumps(run(FLAGS.config, FLAGS.steps, FLAGS.warmup,
+                       FLAGS.peak_tflops)))
+
+
+if __name__ == "__main__":
+  app.run(main)
