@@ -38,12 +38,12 @@ TrainState = train_state.TrainState
 
 @flax.struct.dataclass
 class NonFiniteStep(metrics.Metric):
-  """The first step that diverged (loss or parameters not finite); -1: none."""
+  """The first step whose loss was not finite; -1 while all were finite."""
   step: jnp.ndarray
 
   @classmethod
-  def from_model_output(cls, finite, step, **_):
-    return cls(jnp.where(finite, -1, step).astype(jnp.int32))
+  def from_model_output(cls, loss, step, **_):
+    return cls(jnp.where(jnp.isfinite(loss), -1, step).astype(jnp.int32))
 
   def merge(self, other):
     return type(self)(jnp.where(self.step >= 0, self.step, other.step))
@@ -89,8 +89,9 @@ def create_train_state(model: models.MAE, config: ml_collections.ConfigDict,
   images = jnp.zeros((1, model.image_size, model.image_size, 3), jnp.float32)
   noise = jnp.zeros((1, model.num_patches), jnp.float32)
   params = jax.jit(model.init)(rng, images, noise)["params"]
-  return TrainState.create(apply_fn=model.apply, params=params,
-                           tx=optim.make_optimizer(config, schedule))
+  state = TrainState.create(apply_fn=model.apply, params=params,
+                            tx=optim.make_optimizer(config, schedule))
+  return state.replace(step=jnp.zeros((), jnp.int32))
 
 
 def accumulate_gradients(loss_fn: Callable, params, inputs: tuple,
@@ -131,12 +132,9 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *,
                                      grad_accum_steps)
   loss, grads = jax.lax.pmean((loss, grads), AXIS)
   new_state = state.apply_gradients(grads=grads)
-  # A finite loss can still come with an update that overflows the
-  # parameters; their norm catches both (one fused reduction).
-  finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(new_state.params))
   step_metrics = TrainMetrics.single_from_model_output(
       loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state.step),
-      finite=finite, step=state.step + 1)
+      step=state.step + 1)
   return new_state, step_metrics
 
 
@@ -146,20 +144,34 @@ def checkpoint_tree(state: TrainState) -> dict:
           "opt_state": state.opt_state}
 
 
-def _raise_if_nonfinite(train_metrics: TrainMetrics | None,
-                        checkpointer: checkpointing.Checkpointer):
-  if train_metrics is None:
+@jax.jit
+def _all_finite(tree) -> jnp.ndarray:
+  return jnp.all(jnp.asarray([jnp.isfinite(x).all()
+                              for x in jax.tree.leaves(tree)]))
+
+
+def _raise_if_diverged(train_metrics: TrainMetrics | None, params, step: int,
+                       checkpointer: checkpointing.Checkpointer):
+  """Stops the run, naming the step, if the loss or `params` are not finite.
+
+  Called before anything is written. The loss is tracked at every step for
+  free; the parameters, which a finite loss's update can still overflow, are
+  checked here only (`params` is None when nothing of them is written).
+  """
+  bad_step = -1 if train_metrics is None else int(
+      train_metrics.nonfinite_step.compute())
+  if bad_step < 0 and params is not None and not _all_finite(params):
+    bad_step = step
+  if bad_step < 0:
     return
-  step = int(train_metrics.nonfinite_step.compute())
-  if step >= 0:
-    last = checkpointer.latest_step()
-    kept = (f"the last good checkpoint (step {last}) in "
-            f"{checkpointer.directory} is intact"
-            if last is not None else "no checkpoint was written")
-    raise FloatingPointError(
-        f"the training diverged: the loss or the parameters are not finite at "
-        f"step {step}; stopped without saving, {kept}. Lower --config.optimizer.base_lr or set "
-        "--config.optimizer.grad_clip_norm, then run again to resume.")
+  last = checkpointer.latest_step()
+  kept = (f"the last good checkpoint (step {last}) in {checkpointer.directory}"
+          " is intact" if last is not None else "no checkpoint was written")
+  raise FloatingPointError(
+      f"the training diverged: the loss or the parameters are not finite at "
+      f"step {bad_step}; stopped without saving, {kept}. Lower "
+      "--config.optimizer.base_lr or set --config.optimizer.grad_clip_norm, "
+      "then run again to resume.")
 
 
 def _summary(train_metrics: TrainMetrics, steps: int, batch_size: int,
@@ -264,8 +276,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       save = step % config.checkpoint_every_steps == 0 or is_last
       if not (log or figure or save):
         continue
-      # Nothing is written from a state that a non-finite loss has touched.
-      _raise_if_nonfinite(train_metrics, checkpointer)
+      params = devices_lib.unreplicate(state.params) if figure or save else None
+      # Nothing is written from a state that has diverged.
+      _raise_if_diverged(train_metrics, params, step, checkpointer)
       if log:
         scalars = _summary(train_metrics, step - interval_first_step,
                            config.batch_size, time.time() - interval_start)
@@ -275,7 +288,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         train_metrics = None
         interval_start, interval_first_step = time.time(), step
       if figure:
-        image = make_figure(devices_lib.unreplicate(state.params))
+        image = make_figure(params)
         if jax.process_index() == 0:
           writer.write_images(step, {"reconstruction": image[None]})
           visualize.save_png(

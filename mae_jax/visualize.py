@@ -49,7 +49,8 @@ def reconstruction_figure(images: np.ndarray, pred: np.ndarray,
   panels = [masked, recon, pasted, images]
   figure = np.ones((b * (h + GAP) - GAP, 4 * (w + GAP) - GAP, 3), np.float32)
   for col, panel in enumerate(panels):
-    shown = transforms.denormalize(panel)
+    # A diverging model predicts inf/nan: show it as black, not as an error.
+    shown = np.nan_to_num(transforms.denormalize(panel), nan=0.0)
     for row in range(b):
       top, left = row * (h + GAP), col * (w + GAP)
       figure[top:top + h, left:left + w] = shown[row]

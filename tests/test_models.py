@@ -128,3 +128,39 @@ class ModelTest(chex.TestCase, parameterized.TestCase):
   def test_unknown_dtype_is_rejected(self):
     with self.assertRaisesRegex(ValueError, "bfloat16"):
       models.compute_dtype("float8")
+
+
+def _reference_attention(q, k, v):
+  logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) / np.sqrt(q.shape[-1])
+  return jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(logits, -1), v)
+
+
+def test_attention_and_its_hand_written_gradient_match_autodiff():
+  q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 3, 7, 8))
+  cotangent = jax.random.normal(jax.random.key(1), (2, 3, 7, 8))
+
+  def pullback(fn):
+    out, vjp = jax.vjp(fn, q, k, v)
+    return out, vjp(cotangent)
+
+  chex.assert_trees_all_close(pullback(vit.attention),
+                              pullback(_reference_attention),
+                              rtol=1e-5, atol=1e-5)
+
+
+def test_attention_in_bfloat16_matches_float32_and_keeps_the_dtype():
+  q, k, v = jax.random.normal(jax.random.key(2), (3, 1, 2, 5, 4))
+  low = [x.astype(jnp.bfloat16) for x in (q, k, v)]
+  out = vit.attention(*low)
+  grads = jax.grad(lambda *a: vit.attention(*a).astype(jnp.float32).sum(),
+                   argnums=(0, 1, 2))(*low)
+  assert out.dtype == jnp.bfloat16
+  assert all(g.dtype == jnp.bfloat16 for g in grads)
+  np.testing.assert_allclose(out.astype(jnp.float32),
+                             _reference_attention(q, k, v), atol=3e-2)
+
+
+def test_gelu_is_the_exact_erf_gelu():
+  x = jnp.linspace(-6, 6, 101)
+  np.testing.assert_allclose(vit.gelu(x), jax.nn.gelu(x, approximate=False),
+                             atol=1e-6)

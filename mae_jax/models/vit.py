@@ -44,6 +44,55 @@ def sincos_pos_embed_2d(width: int, grid_h: int, grid_w: int) -> np.ndarray:
   return np.concatenate([embed_1d(w), embed_1d(h)], axis=1).astype(np.float32)
 
 
+def gelu(x: jnp.ndarray) -> jnp.ndarray:
+  """Exact GELU written as PyTorch writes it, x/2 (1 + erf(x/sqrt 2)).
+
+  Same values as `jax.nn.gelu(approximate=False)` to ~1e-7, but XLA lowers
+  erf to a short polynomial where jax's erfc form costs exp and selects: the
+  MLP's activation was ~7x slower on CPU that way.
+  """
+  return 0.5 * x * (1 + jax.lax.erf(x * np.float32(1 / np.sqrt(2))).astype(
+      x.dtype))
+
+
+@jax.custom_vjp
+def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray) -> jnp.ndarray:
+  """Softmax attention over (B, heads, N, head_dim) inputs.
+
+  Head-major layout keeps every product a plain batched matmul with no
+  transposed operand, and so does the hand-written backward below (autodiff
+  contracts over the query axis, which XLA:CPU runs off its fast matmul path):
+  together 2.6x faster than `jax.nn.dot_product_attention` at the decoder's
+  shapes on CPU. Logits and softmax are float32 whatever the compute dtype.
+  """
+  return _attention_forward(q, k, v)[0]
+
+
+def _attention_forward(q, k, v):
+  scale = np.float32(q.shape[-1] ** -0.5)
+  logits = jnp.einsum("bhqd,bhkd->bhqk", q * scale.astype(q.dtype), k,
+                      preferred_element_type=jnp.float32)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum("bhqk,bhkd->bhqd", probs, v), (q, k, v, probs)
+
+
+def _attention_backward(residuals, d_out):
+  q, k, v, probs = residuals
+  scale = np.float32(q.shape[-1] ** -0.5)
+  d_v = jnp.einsum("bhkq,bhqd->bhkd", jnp.swapaxes(probs, -1, -2), d_out)
+  d_probs = jnp.einsum("bhqd,bhkd->bhqk", d_out, v,
+                       preferred_element_type=jnp.float32)
+  probs = probs.astype(jnp.float32)
+  d_logits = probs * (d_probs - jnp.sum(d_probs * probs, -1, keepdims=True))
+  d_logits = (d_logits * scale).astype(q.dtype)
+  d_q = jnp.einsum("bhqk,bhkd->bhqd", d_logits, k)
+  d_k = jnp.einsum("bhkq,bhqd->bhkd", jnp.swapaxes(d_logits, -1, -2), q)
+  return d_q, d_k, d_v
+
+
+attention.defvjp(_attention_forward, _attention_backward)
+
+
 class Attention(nn.Module):
   """Multi-head self-attention with one fused qkv projection."""
   num_heads: int
@@ -57,9 +106,9 @@ class Attention(nn.Module):
                        f"{self.num_heads}")
     qkv = nn.Dense(3 * d, dtype=self.dtype, kernel_init=xavier_uniform,
                    name="qkv")(x)
-    q, k, v = jnp.moveaxis(qkv.reshape(b, n, 3, self.num_heads, -1), 2, 0)
-    # Logits and softmax are computed in float32 even for bfloat16 inputs.
-    out = jax.nn.dot_product_attention(q, k, v).reshape(b, n, d)
+    # The reference's qkv layout: [q | k | v], each head-major inside.
+    q, k, v = qkv.reshape(b, n, 3, self.num_heads, -1).transpose(2, 0, 3, 1, 4)
+    out = attention(q, k, v).transpose(0, 2, 1, 3).reshape(b, n, d)
     return nn.Dense(d, dtype=self.dtype, kernel_init=xavier_uniform,
                     name="proj")(out)
 
@@ -74,7 +123,7 @@ class Mlp(nn.Module):
     d = x.shape[-1]
     x = nn.Dense(self.hidden_dim, dtype=self.dtype, kernel_init=xavier_uniform,
                  name="fc1")(x)
-    x = nn.gelu(x, approximate=False)
+    x = gelu(x)
     return nn.Dense(d, dtype=self.dtype, kernel_init=xavier_uniform,
                     name="fc2")(x)
 
