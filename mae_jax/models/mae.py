@@ -38,8 +38,7 @@ class MAEDecoder(nn.Module):
   def __call__(self, latent: jnp.ndarray, ids_restore: jnp.ndarray,
                grid_hw: tuple[int, int]) -> jnp.ndarray:
     """(B, 1 + L_keep, D_enc) -> (B, L, p*p*3) per-patch pixel predictions."""
-    x = nn.Dense(self.width, dtype=self.dtype, kernel_init=vit.xavier_uniform,
-                 name="embed")(latent)
+    x = vit.Dense(self.width, self.dtype, name="embed")(latent)
     b, n_visible = x.shape[0], x.shape[1] - 1
     num_patches = ids_restore.shape[1]
     mask_token = self.param("mask_token", vit.token_init, (1, 1, self.width))
@@ -53,8 +52,7 @@ class MAEDecoder(nn.Module):
     x = vit.Transformer(self.depth, self.num_heads, self.mlp_dim,
                         self.layer_norm_eps, self.remat, self.dtype,
                         name="transformer")(x)
-    pred = nn.Dense(self.patch_size ** 2 * 3, dtype=self.dtype,
-                    kernel_init=vit.xavier_uniform, name="pred")(x)
+    pred = vit.Dense(self.patch_size ** 2 * 3, self.dtype, name="pred")(x)
     return pred[:, 1:].astype(jnp.float32)
 
 
