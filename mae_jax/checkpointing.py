@@ -27,6 +27,8 @@ class Checkpointer:
   """Saves every few steps, keeps the last few, restores the latest."""
 
   def __init__(self, workdir: str, keep: int):
+    if "://" not in workdir:  # orbax needs absolute local paths
+      workdir = os.path.abspath(workdir)
     self.directory = os.path.join(workdir, "checkpoints")
     self._manager = ocp.CheckpointManager(
         self.directory,
@@ -43,6 +45,7 @@ class Checkpointer:
 
   def save(self, step: int, state, config: ml_collections.ConfigDict):
     """Starts an asynchronous save of `state` (unreplicated) and `config`."""
+    self.check_for_errors()
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         config=ocp.args.JsonSave(config.to_dict())))
@@ -81,6 +84,10 @@ class Checkpointer:
     restored = self._manager.restore(step, args=ocp.args.Composite(
         config=ocp.args.JsonRestore()))
     return ml_collections.ConfigDict(restored["config"])
+
+  def check_for_errors(self):
+    """Raises the error of a finished asynchronous save, if it failed."""
+    self._manager.check_for_errors()
 
   def wait(self):
     self._manager.wait_until_finished()

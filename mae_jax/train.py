@@ -280,6 +280,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       # Nothing is written from a state that has diverged.
       _raise_if_diverged(train_metrics, params, step, checkpointer)
       if log:
+        checkpointer.check_for_errors()  # a failed async save stops the run
         scalars = _summary(train_metrics, step - interval_first_step,
                            config.batch_size, time.time() - interval_start)
         if batches.skipped_images:

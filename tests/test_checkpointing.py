@@ -111,3 +111,15 @@ def test_resuming_with_another_model_fails_with_the_parameter(tmp_path):
                            r"vs model \(48, 64\)"):
     train.train_and_evaluate(wider, workdir)
   assert checkpointing.Checkpointer(workdir, 3).all_steps() == [2]
+
+
+def test_relative_workdir_is_saved_and_restored(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  saver = checkpointing.Checkpointer("runs/relative", keep=1)
+  saver.save(1, {"x": jnp.arange(3.0)}, tiny_config())
+  saver.wait()
+  assert saver.directory == str(tmp_path / "runs" / "relative" / "checkpoints")
+  restored, step = checkpointing.Checkpointer(
+      "runs/relative", keep=1).restore_latest({"x": jnp.zeros(3)})
+  assert step == 1
+  np.testing.assert_array_equal(restored["x"], [0.0, 1.0, 2.0])

@@ -9,21 +9,23 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHORT_DEMO = ["--config=configs/demo.py", "--config.batch_size=16",
+SHORT_DEMO = [f"--config={ROOT}/configs/demo.py", "--config.batch_size=16",
               "--config.log_every_steps=2", "--config.checkpoint_every_steps=2",
               "--config.figure_every_steps=2", "--config.warmup_steps=1"]
 
 
-def run_main(*args):
+def run_main(*args, cwd=ROOT):
+  env = dict(os.environ, PYTHONPATH=ROOT)
   return subprocess.run([sys.executable, "-m", "mae_jax.main", *args],
-                        cwd=ROOT, capture_output=True, text=True, timeout=600,
-                        check=False)
+                        cwd=cwd, env=env, capture_output=True, text=True,
+                        timeout=600, check=False)
 
 
 def test_demo_writes_outputs_and_resumes(tmp_path):
+  # A relative --workdir, as in the README's quick start.
   workdir = str(tmp_path / "demo")
-  first = run_main(*SHORT_DEMO, f"--workdir={workdir}",
-                   "--config.total_steps=4")
+  first = run_main(*SHORT_DEMO, "--workdir=demo", "--config.total_steps=4",
+                   cwd=tmp_path)
   assert first.returncode == 0, first.stderr[-3000:]
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f]
@@ -34,8 +36,8 @@ def test_demo_writes_outputs_and_resumes(tmp_path):
   assert glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
   assert os.path.exists(os.path.join(workdir, "reconstruction_0000004.png"))
 
-  again = run_main(*SHORT_DEMO, f"--workdir={workdir}",
-                   "--config.total_steps=6")
+  again = run_main(*SHORT_DEMO, "--workdir=demo", "--config.total_steps=6",
+                   cwd=tmp_path)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "Resuming from step 4" in again.stderr
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
