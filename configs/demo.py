@@ -15,7 +15,7 @@ def get_config():
   config.data.update(source="digits", name="digits", split="train",
                      crop_scale=(0.5, 1.0), horizontal_flip=False)
   config.batch_size = 128
-  config.total_steps = 1500
+  config.total_steps = 1000
   config.warmup_steps = 100
   config.optimizer.base_lr = 1e-3
   config.log_every_steps = 50

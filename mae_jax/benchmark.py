@@ -9,6 +9,7 @@ table of known accelerators, else (CPUs) a measured matmul peak.
 
 import functools
 import json
+import os
 import statistics
 import time
 
@@ -151,6 +152,9 @@ def run(config, steps: int, warmup: int, peak_flag: float) -> dict:
       "peak_tflops_per_device": peak,
       "peak_source": peak_source,
       "mfu": step_flops / step_s / (peak * 1e12 * len(devices)),
+      # On CPUs, glibc's default malloc hands XLA's ~1 GB temp buffer back to
+      # the OS after every step; see BENCHMARKS.md.
+      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
   }
 
 

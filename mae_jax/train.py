@@ -293,7 +293,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if jax.process_index() == 0:
           writer.write_images(step, {"reconstruction": image[None]})
           visualize.save_png(
-              image, str(epath.Path(workdir) / f"reconstruction_{step:07d}.png"))
+              image, str(epath.Path(workdir) / f"reconstruction_{step:07d}.png"),
+              model.image_size)
       if save:
         checkpointer.save(step, checkpoint_tree(devices_lib.unreplicate(state)),
                           config)

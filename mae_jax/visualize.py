@@ -57,9 +57,10 @@ def reconstruction_figure(images: np.ndarray, pred: np.ndarray,
   return np.round(figure * 255).astype(np.uint8)
 
 
-def save_png(figure: np.ndarray, path: str, min_height: int = 256):
-  """Writes the figure, upscaled (nearest) so small images stay visible."""
-  scale = max(1, -(-min_height // figure.shape[0]))
+def save_png(figure: np.ndarray, path: str, image_size: int,
+             min_panel: int = 128):
+  """Writes the figure, upscaled (nearest) so each panel is >= min_panel px."""
+  scale = max(1, -(-min_panel // image_size))
   image = Image.fromarray(figure)
   if scale > 1:
     image = image.resize((figure.shape[1] * scale, figure.shape[0] * scale),

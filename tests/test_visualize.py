@@ -54,12 +54,15 @@ def test_masked_panel_hides_removed_patches_and_pasted_keeps_visible_ones():
   np.testing.assert_array_equal(pasted[4:, 4:], original[0][4:, 4:])
 
 
-def test_save_png_upscales_small_figures(tmp_path):
-  figure = np.zeros((18, 38, 3), np.uint8)
+def test_save_png_upscales_small_images(tmp_path):
+  figure = np.zeros((18, 38, 3), np.uint8)  # 2 rows of 8x8 panels
   path = str(tmp_path / "fig.png")
-  visualize.save_png(figure, path, min_height=100)
+  visualize.save_png(figure, path, image_size=8, min_panel=100)
   with Image.open(path) as image:
-    assert image.size == (38 * 6, 18 * 6)
+    assert image.size == (38 * 13, 18 * 13)
+  visualize.save_png(figure, path, image_size=224)
+  with Image.open(path) as image:
+    assert image.size == (38, 18)
 
 
 def test_figure_matches_model_output_shapes():
