@@ -10,7 +10,7 @@ import pytest
 from mae_jax import checkpointing
 from mae_jax import train
 from mae_jax import writers
-from testing_utils import tiny_config, tiny_model
+from testing_utils import assert_same_trajectory, tiny_config, tiny_model
 
 
 def test_round_trip_restores_values_and_config(tmp_path):
@@ -64,12 +64,8 @@ class _Interrupt(Exception):
   pass
 
 
-def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
-  config = tiny_config(total_steps=6, log_every_steps=1,
-                       checkpoint_every_steps=3)
-  straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
-
-  # Stop the second run while it logs step 5: after the step-3 checkpoint.
+def _interrupted_run(config, workdir, monkeypatch, at_step):
+  """Runs `config` in `workdir` and stops it while it logs `at_step`."""
   create_writer = writers.create_writer
 
   def interrupting_writer(workdir):
@@ -77,19 +73,26 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     write_scalars = writer.write_scalars
 
     def write(step, scalars):
-      if step == 5:
+      if step == at_step:
         raise _Interrupt()
       write_scalars(step, scalars)
 
     writer.write_scalars = write
     return writer
 
-  monkeypatch.setattr(writers, "create_writer", interrupting_writer)
+  with monkeypatch.context() as patch:
+    patch.setattr(writers, "create_writer", interrupting_writer)
+    with pytest.raises(_Interrupt):
+      train.train_and_evaluate(config, workdir)
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+  config = tiny_config(total_steps=6, log_every_steps=1,
+                       checkpoint_every_steps=3)
+  straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
   workdir = str(tmp_path / "resumed")
-  with pytest.raises(_Interrupt):
-    train.train_and_evaluate(config, workdir)
+  _interrupted_run(config, workdir, monkeypatch, at_step=5)
   assert checkpointing.Checkpointer(workdir, 3).all_steps() == [3]
-  monkeypatch.setattr(writers, "create_writer", create_writer)
   resumed = train.train_and_evaluate(config, workdir)
 
   # Data order, augmentation and masking are functions of (seed, step), so
@@ -99,6 +102,18 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     steps = [json.loads(line)["step"] for line in f]
   assert steps == [1, 2, 3, 4, 4, 5, 6]
+
+
+def test_checkpoint_from_eight_devices_resumes_on_two(tmp_path, monkeypatch):
+  config = tiny_config(total_steps=4, log_every_steps=1,
+                       checkpoint_every_steps=2)
+  straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
+  workdir = str(tmp_path / "moved")
+  _interrupted_run(config, workdir, monkeypatch, at_step=3)  # 8 devices
+  assert checkpointing.Checkpointer(workdir, 3).all_steps() == [2]
+  resumed = train.train_and_evaluate(config, workdir,
+                                     devices=jax.local_devices()[:2])
+  assert_same_trajectory(resumed.params, straight.params, config)
 
 
 def test_resuming_with_another_model_fails_with_the_parameter(tmp_path):
@@ -123,3 +138,4 @@ def test_relative_workdir_is_saved_and_restored(tmp_path, monkeypatch):
       "runs/relative", keep=1).restore_latest({"x": jnp.zeros(3)})
   assert step == 1
   np.testing.assert_array_equal(restored["x"], [0.0, 1.0, 2.0])
+

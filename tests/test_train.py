@@ -14,7 +14,7 @@ from mae_jax import models
 from mae_jax import optim
 from mae_jax import train
 from mae_jax.data import sources
-from testing_utils import tiny_config
+from testing_utils import assert_same_trajectory, tiny_config
 
 
 def _read_metrics(workdir):
@@ -89,38 +89,12 @@ def test_same_trajectory_on_one_and_on_eight_devices(tmp_path):
   losses_eight = [m["train/loss"] for m in _read_metrics(tmp_path / "eight")]
   assert len(losses_one) == 4
   np.testing.assert_allclose(losses_one, losses_eight, rtol=1e-5)
-  _assert_same_trajectory(one.params, eight.params, config)
+  assert_same_trajectory(one.params, eight.params, config)
   # A different seed is a different trajectory: the comparison has teeth.
   other = train.train_and_evaluate(tiny_config(total_steps=4, seed=1),
                                    str(tmp_path / "other"))
   with pytest.raises(AssertionError):
-    _assert_same_trajectory(one.params, other.params, config)
-
-
-def _split_key_bias(params):
-  """(params without the key biases, the key biases).
-
-  Softmax ignores a shift of the logits, so the key bias has a true gradient
-  of exactly zero; its computed gradient is float noise that depends on the
-  reduction order, and Adam scales that noise up to ~lr per step.
-  """
-  params = jax.tree.map(np.asarray, params)
-  key_biases = []
-  for part in ("encoder", "decoder"):
-    blocks = params[part]["transformer"]
-    for name in [n for n in blocks if n.startswith("blocks_")]:
-      qkv = blocks[name]["attn"]["qkv"]
-      q, k, v = np.split(qkv["bias"], 3)
-      key_biases.append(k)
-      qkv["bias"] = np.concatenate([q, v])
-  return params, key_biases
-
-
-def _assert_same_trajectory(a, b, config):
-  (a, a_keys), (b, b_keys) = _split_key_bias(a), _split_key_bias(b)
-  chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-6)
-  lr = optim.peak_learning_rate(config)
-  chex.assert_trees_all_close(a_keys, b_keys, atol=config.total_steps * lr)
+    assert_same_trajectory(one.params, other.params, config)
 
 
 class _CompileLog(logging.Handler):
