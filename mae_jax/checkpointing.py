@@ -3,6 +3,12 @@
 The state is saved unreplicated, so a run restores on any number of devices.
 Before restoring, the stored shapes are compared with the model's, so a
 changed config fails with the parameter's name instead of deep in orbax.
+
+Layout: `checkpoints/<step>/state` holds {'step', 'params', 'opt_state', ...}
+and `checkpoints/<step>/config` the run's config as JSON. `load_params` reads
+the parameters and model config of any such checkpoint (to initialise a
+fine-tuning from it); `save_params` writes weights from elsewhere (converted
+official ones) in the same layout.
 """
 
 from absl import logging
@@ -12,6 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 
 def _path_name(path) -> str:
@@ -94,3 +101,59 @@ class Checkpointer:
 
   def close(self):
     self._manager.close()
+
+
+def _absolute(path: str) -> str:
+  return path if "://" in path else os.path.abspath(path)
+
+
+def resolve_checkpoint(path: str) -> str:
+  """A workdir, its `checkpoints/` or one `<step>/` directory -> the step dir.
+
+  For the first two, the newest step is taken.
+  """
+  path = epath.Path(_absolute(path))
+  if (path / "state").exists():
+    return str(path)
+  for directory in (path / "checkpoints", path):
+    steps = ([int(p.name) for p in directory.iterdir() if p.name.isdigit()
+              and (p / "state").exists()] if directory.is_dir() else [])
+    if steps:
+      return str(directory / str(max(steps)))
+  raise FileNotFoundError(
+      f"no checkpoint under {path}: expected a workdir of mae_jax (with "
+      "checkpoints/<step>/state), its checkpoints/ directory, one "
+      "checkpoints/<step>/ directory, or the output of "
+      "`python -m mae_jax.convert`")
+
+
+def load_params(path: str) -> tuple[ml_collections.ConfigDict, dict]:
+  """(run config, parameters as numpy arrays) of a checkpoint of ours.
+
+  Only the parameters are read, not the optimizer state.
+  """
+  step_dir = resolve_checkpoint(path)
+  config = ml_collections.ConfigDict(
+      ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+          os.path.join(step_dir, "config")))
+  checkpointer = ocp.PyTreeCheckpointer()
+  state_dir = os.path.join(step_dir, "state")
+  tree = checkpointer.metadata(state_dir).item_metadata.tree
+  item = {"params": jax.tree.map(lambda m: np.zeros(m.shape, m.dtype),
+                                 tree["params"])}
+  restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+      item=item, partial_restore=True,
+      restore_args=jax.tree.map(
+          lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)))
+  logging.info("Loaded parameters from %s", step_dir)
+  return config, restored["params"]
+
+
+def save_params(workdir: str, config: ml_collections.ConfigDict, params,
+                step: int = 0):
+  """Writes `params` and `config` as `workdir/checkpoints/<step>`, readable
+  by `load_params` (and so by `config.init_from`)."""
+  checkpointer = Checkpointer(workdir, keep=1)
+  checkpointer.save(step, {"step": np.int32(step), "params": params}, config)
+  checkpointer.wait()
+  checkpointer.close()
