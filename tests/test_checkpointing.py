@@ -1,5 +1,10 @@
 import json
+import logging
 import os
+import shutil
+import signal
+import subprocess
+import sys
 
 import chex
 import jax
@@ -116,14 +121,14 @@ def test_checkpoint_from_eight_devices_resumes_on_two(tmp_path, monkeypatch):
   assert_same_trajectory(resumed.params, straight.params, config)
 
 
-def test_resuming_with_another_model_fails_with_the_parameter(tmp_path):
+def test_resuming_with_another_model_config_is_refused(tmp_path):
+  # Needs the train loop to call Checkpointer.check_model_config.
   workdir = str(tmp_path)
   train.train_and_evaluate(tiny_config(total_steps=2), workdir)
   wider = tiny_config(total_steps=4)
   wider.model = tiny_model(width=64)
-  with pytest.raises(ValueError,
-                     match=r"encoder/patch_embed/kernel: checkpoint \(48, 32\) "
-                           r"vs model \(48, 64\)"):
+  with pytest.raises(ValueError, match=r"(?s)model.width: checkpoint 32 vs "
+                                       r"config 64.*new --workdir"):
     train.train_and_evaluate(wider, workdir)
   assert checkpointing.Checkpointer(workdir, 3).all_steps() == [2]
 
@@ -139,3 +144,103 @@ def test_relative_workdir_is_saved_and_restored(tmp_path, monkeypatch):
   assert step == 1
   np.testing.assert_array_equal(restored["x"], [0.0, 1.0, 2.0])
 
+
+
+def test_another_model_config_is_named_field_by_field(tmp_path):
+  saver = checkpointing.Checkpointer(str(tmp_path), keep=1)
+  saver.check_model_config(tiny_config())  # an empty workdir takes any
+  saver.save(1, {"x": jnp.ones(2)}, tiny_config())
+  saver.wait()
+  saver.check_model_config(tiny_config())
+  # remat trades memory for compute: a run may resume with it switched.
+  saver.check_model_config(tiny_config(model=tiny_model(remat=True)))
+  other = tiny_config(model=tiny_model(mask_ratio=0.5, norm_pix_loss=False))
+  with pytest.raises(ValueError) as error:
+    saver.check_model_config(other)
+  message = str(error.value)
+  assert "model.mask_ratio: checkpoint 0.75 vs config 0.5" in message
+  assert "model.norm_pix_loss: checkpoint True vs config False" in message
+  assert "new --workdir" in message
+
+
+def _two_steps(workdir):
+  saver = checkpointing.Checkpointer(workdir, keep=3)
+  for step in (1, 2):
+    saver.save(step, {"x": jnp.full((4,), float(step))}, tiny_config())
+  saver.wait()
+  return os.path.join(saver.directory, "2")
+
+
+def _remove_state_metadata(step_dir):
+  os.remove(os.path.join(step_dir, "state", "_METADATA"))
+
+
+def _garble_state_manifest(step_dir):
+  with open(os.path.join(step_dir, "state", "manifest.ocdbt"), "w") as f:
+    f.write("garbage")
+
+
+def _remove_state(step_dir):
+  shutil.rmtree(os.path.join(step_dir, "state"))
+
+
+@pytest.mark.parametrize("damage", [_remove_state_metadata,
+                                    _garble_state_manifest, _remove_state])
+def test_unreadable_newest_checkpoint_falls_back_to_the_previous(
+    tmp_path, caplog, damage):
+  workdir = str(tmp_path)
+  damage(_two_steps(workdir))
+  reader = checkpointing.Checkpointer(workdir, keep=3)
+  with caplog.at_level(logging.WARNING):
+    restored, step = reader.restore_latest({"x": jnp.zeros(4)})
+  assert step == 1
+  np.testing.assert_array_equal(restored["x"], np.ones(4))
+  assert "checkpoint at step 2" in caplog.text and "cannot be read" in caplog.text
+  # Set aside, not deleted; and the run can save step 2 again.
+  assert [name.split(".")[:2] for name in os.listdir(reader.directory)
+          if name.startswith("2")] == [["2", "corrupt"]]
+  reader.save(2, {"x": jnp.full((4,), 5.0)}, tiny_config())
+  reader.wait()
+  assert reader.all_steps() == [1, 2]
+
+
+def test_shapes_of_another_model_are_refused_not_skipped(tmp_path):
+  workdir = str(tmp_path)
+  _remove_state(_two_steps(workdir))
+  with pytest.raises(ValueError, match=r"x: checkpoint \(4,\) vs model \(5,\)"):
+    checkpointing.Checkpointer(workdir, keep=3).restore_latest(
+        {"x": jnp.zeros(5)})
+
+
+# Saves step 1, starts saving a 64 MiB step 2 and is killed at once.
+KILLED_MID_SAVE = """
+import os, signal, sys
+import jax.numpy as jnp
+from mae_jax import checkpointing
+from testing_utils import tiny_config
+
+saver = checkpointing.Checkpointer(sys.argv[1], keep=3)
+saver.save(1, {"x": jnp.ones(4)}, tiny_config())
+saver.wait()
+saver.save(2, {"x": jnp.ones(16 * 2**20)}, tiny_config())
+print(sorted(os.listdir(saver.directory)), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_crash_during_a_save_leaves_the_previous_checkpoint_newest(
+    tmp_path):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             PYTHONPATH=os.pathsep.join([root, os.path.join(root, "tests")]))
+  result = subprocess.run(
+      [sys.executable, "-c", KILLED_MID_SAVE, str(tmp_path)], env=env,
+      capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+  # It died while step 2 was still in orbax's temporary directory.
+  assert "'2.orbax-checkpoint-tmp" in result.stdout, result.stdout
+  reader = checkpointing.Checkpointer(str(tmp_path), keep=3)
+  assert reader.all_steps() == [1]
+  restored, step = reader.restore_latest({"x": jnp.zeros(4)})
+  assert step == 1
+  np.testing.assert_array_equal(restored["x"], np.ones(4))

@@ -1,0 +1,181 @@
+"""Several processes on localhost, as the hosts of a pod: `jax.distributed`
+over CPU (gloo collectives), 2 processes with 4 emulated devices each."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mae_jax import checkpointing
+from mae_jax import train
+from testing_utils import assert_same_trajectory, tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(ROOT, "tests")
+
+# A run of the tiny config whose logging, figures and checkpoints cost little.
+RUN = dict(log_every_steps=1, figure_every_steps=1000,
+           checkpoint_every_steps=1000)
+
+# Runs mae_jax.main; process 1 sends itself SIGTERM while it logs step
+# SIGTERM_AT_STEP, as a preempted host would receive it.
+PREEMPTED_MAIN = """
+import os, signal, sys
+from absl import app
+from mae_jax import main, writers
+
+create_writer = writers.create_writer
+
+def preempting_writer(workdir):
+  writer = create_writer(workdir)
+  write_scalars = writer.write_scalars
+
+  def write(step, scalars):
+    write_scalars(step, scalars)
+    if step == {step} and "--process_id=1" in sys.argv:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  writer.write_scalars = write
+  return writer
+
+writers.create_writer = preempting_writer
+app.run(main.main)
+"""
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _write_config(tmp_path, **overrides) -> str:
+  """A config file for the child processes: tiny_config(**overrides)."""
+  path = tmp_path / "config.py"
+  path.write_text("from testing_utils import tiny_config\n\n"
+                  f"def get_config():\n  return tiny_config(**{overrides!r})\n")
+  return str(path)
+
+
+def _run_processes(entry: list[str], flags: list[str], count: int = 2,
+                   devices_each: int = 4) -> list[str]:
+  """Runs `count` processes of `entry` that form one JAX run; their logs.
+
+  Fails with the logs if a process fails or the run takes over 5 minutes.
+  """
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TESTS]),
+             JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_each}")
+  address = f"--coordinator_address=localhost:{_free_port()}"
+  processes = [
+      subprocess.Popen(
+          [sys.executable, *entry, *flags, address, f"--num_processes={count}",
+           f"--process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+          stderr=subprocess.STDOUT, text=True) for i in range(count)]
+  logs = []
+  try:
+    for process in processes:
+      logs.append(process.communicate(timeout=300)[0])
+  finally:
+    for process in processes:
+      process.kill()
+  for i, (process, log) in enumerate(zip(processes, logs)):
+    assert process.returncode == 0, f"process {i} failed:\n{log[-5000:]}"
+  return logs
+
+
+def _logged_losses(log: str) -> dict[int, float]:
+  """{step: loss} from the log lines of the metric writer."""
+  return {int(step): float(loss) for step, loss in re.findall(
+      r"\] \[(\d+)\] .*train/loss=([-+.\deE]+)", log)}
+
+
+def _read_metrics(workdir) -> list[dict]:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def _final_params(workdir):
+  return checkpointing.load_params(str(workdir))[1]
+
+
+def test_two_processes_train_like_one_process_with_eight_devices(tmp_path):
+  config = tiny_config(total_steps=4, **RUN)
+  workdir = tmp_path / "two"
+  logs = _run_processes(
+      ["-m", "mae_jax.main"],
+      [f"--config={_write_config(tmp_path, total_steps=4, **RUN)}",
+       f"--workdir={workdir}"])
+  assert all("JAX process %d/2" % i in log for i, log in enumerate(logs))
+
+  # Both processes computed the same losses, and process 0 wrote them.
+  losses = [_logged_losses(log) for log in logs]
+  assert sorted(losses[0]) == [1, 2, 3, 4]
+  assert losses[0] == losses[1]
+  assert [m["train/loss"] for m in _read_metrics(workdir)] == [
+      losses[0][s] for s in (1, 2, 3, 4)]
+
+  # The global batch of 16 over 2 x 4 devices is the batch of 16 over the 8
+  # devices of one process: the same trajectory, up to summation order.
+  one = train.train_and_evaluate(config, str(tmp_path / "one"))
+  np.testing.assert_allclose(
+      [m["train/loss"] for m in _read_metrics(tmp_path / "one")],
+      [losses[0][s] for s in (1, 2, 3, 4)], rtol=1e-5)
+  assert_same_trajectory(_final_params(workdir), one.params, config)
+
+
+def test_sigterm_to_one_process_stops_all_at_one_step_and_resumes(tmp_path):
+  # Needs the train loop to poll preemption.PreemptionNotice at every step.
+  total = 10
+  config = tiny_config(total_steps=total, **RUN)
+  workdir = tmp_path / "preempted"
+  flags = [f"--config={_write_config(tmp_path, total_steps=total, **RUN)}",
+           f"--workdir={workdir}"]
+  script = tmp_path / "preempted_main.py"
+  script.write_text(PREEMPTED_MAIN.format(step=2))
+  logs = _run_processes([str(script)], flags)
+
+  # Both stopped cleanly after the notice, at the same step, which is saved.
+  saved = checkpointing.Checkpointer(str(workdir), 3).all_steps()
+  assert len(saved) == 1 and 2 < saved[0] < total, (saved, logs[1][-3000:])
+  for log in logs:
+    assert f"Preempted: saved step {saved[0]}" in log
+    assert max(_logged_losses(log)) == saved[0]
+
+  logs = _run_processes(["-m", "mae_jax.main"], flags)
+  assert all(f"Resuming from step {saved[0]}" in log for log in logs)
+  losses = _logged_losses(logs[0])
+  assert sorted(losses) == list(range(saved[0] + 1, total + 1))
+  assert losses == _logged_losses(logs[1])
+
+  straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
+  np.testing.assert_allclose(
+      [m["train/loss"] for m in _read_metrics(workdir)],
+      [m["train/loss"] for m in _read_metrics(tmp_path / "straight")],
+      rtol=1e-5)
+  assert_same_trajectory(_final_params(workdir), straight.params, config)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--coordinator_address=localhost:1234"],
+     "--num_processes, --process_id missing"),
+    (["--coordinator_address=localhost:1234", "--num_processes=2",
+      "--process_id=2"], "--process_id=2 must be in 0..1"),
+])
+def test_incomplete_distributed_flags_fail_with_the_fix(tmp_path, flags,
+                                                        message):
+  # A subprocess: mae_jax.main's flags would clash with other tests' in
+  # this one.
+  result = subprocess.run(
+      [sys.executable, "-m", "mae_jax.main", f"--workdir={tmp_path}",
+       f"--config={_write_config(tmp_path)}", *flags], cwd=ROOT,
+      env=dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TESTS])),
+      capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode != 0
+  assert message in result.stderr, result.stderr[-3000:]
+  assert not (tmp_path / "checkpoints").exists()
