@@ -23,6 +23,7 @@ from ml_collections import config_flags
 from mae_jax import devices as devices_lib
 from mae_jax import models
 from mae_jax import optim
+from mae_jax import tasks
 from mae_jax import train
 
 FLAGS = flags.FLAGS
@@ -92,13 +93,14 @@ def model_name(model_config) -> str:
 def run(config, steps: int, warmup: int, peak_flag: float) -> dict:
   devices = jax.local_devices()
   train.validate_config(config, 1, len(devices))
-  model = models.build(config.model)
+  task = tasks.make_task(config, train.AXIS)
   schedule = optim.warmup_cosine_schedule(
       optim.peak_learning_rate(config), config.warmup_steps,
       config.total_steps, config.optimizer.min_lr)
-  state = train.create_train_state(model, config, jax.random.key(0), schedule)
+  state = train.create_train_state(task, config, jax.random.key(0), schedule,
+                                   load_init_from=False)
   p_step = jax.pmap(
-      functools.partial(train.train_step, model=model, schedule=schedule,
+      functools.partial(train.train_step, task=task, schedule=schedule,
                         grad_accum_steps=config.grad_accum_steps),
       axis_name=train.AXIS, donate_argnums=(0,))
 

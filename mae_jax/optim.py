@@ -1,6 +1,15 @@
-"""AdamW with the MAE recipe's lr scaling, schedule and decay mask (SPEC §2)."""
+"""The optimizers of the MAE recipes (SPEC §2), chosen by config.
+
+- pretraining: AdamW, weight decay on weight matrices only;
+- fine-tuning: the same AdamW with layer-wise lr decay, optionally with all
+  but the last k blocks frozen (partial fine-tuning);
+- linear probe: LARS on the head, the encoder frozen.
+Shared: the linear scaling rule lr = base_lr x batch/256, a per-step linear
+warm-up and half-cycle cosine, optional global-norm clipping.
+"""
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +17,10 @@ import ml_collections
 import optax
 
 # Parameters named here are never decayed, whatever their rank.
-NO_DECAY_NAMES = ("cls_token", "mask_token")
+NO_DECAY_NAMES = ("cls_token", "mask_token", "pos_embed")
+# The encoder's input side: layer 0 for the layer-wise lr decay.
+EMBEDDING_NAMES = ("patch_embed", "cls_token", "pos_embed")
+_BLOCK = re.compile(r"blocks_(\d+)$")
 
 
 def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
@@ -35,21 +47,134 @@ def warmup_cosine_schedule(peak_lr: float, warmup_steps: int,
   return schedule
 
 
+def _names(path) -> list[str]:
+  return [str(getattr(k, "key", k)) for k in path]
+
+
 def weight_decay_mask(params):
   """True for weight matrices; False for biases, norms and tokens."""
 
   def decays(path, leaf):
-    name = path[-1].key if hasattr(path[-1], "key") else str(path[-1])
-    return leaf.ndim > 1 and name not in NO_DECAY_NAMES
+    return leaf.ndim > 1 and _names(path)[-1] not in NO_DECAY_NAMES
 
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def make_optimizer(config: ml_collections.ConfigDict,
-                   schedule: optax.Schedule) -> optax.GradientTransformation:
+def _block_index(names: list[str]) -> int | None:
+  """i for a parameter of encoder block i, else None."""
+  if names[:2] != ["encoder", "transformer"]:
+    return None
+  match = _BLOCK.match(names[2])
+  return int(match.group(1)) if match else None
+
+
+def _layer_scale(names: list[str], depth: int, decay: float) -> float:
+  block = _block_index(names)
+  if names[0] == "encoder" and names[1] in EMBEDDING_NAMES:
+    layer = 0
+  elif block is not None:
+    layer = block + 1
+  else:
+    layer = depth + 1
+  return decay ** (depth + 1 - layer)
+
+
+def layer_decay_scales(params, depth: int, decay: float):
+  """Per-parameter lr multipliers of the layer-wise lr decay (BEiT, MAE A.2).
+
+  The embedding is layer 0, block i layer i + 1, everything after the blocks
+  (final norm, fc_norm, head) layer depth + 1; a parameter of layer l gets
+  decay^(depth + 1 - l): decay^(N+1) for the embedding, decay^(N-i) for
+  block i, 1 for the head.
+  """
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: _layer_scale(_names(path), depth, decay), params)
+
+
+def trainable_mask(config: ml_collections.ConfigDict, params):
+  """True for the parameters that `config.mode` trains.
+
+  linear_probe: the head only. finetune: everything when trainable_blocks is
+  -1; otherwise the last `trainable_blocks` blocks, the final norm (fc_norm
+  or the encoder's norm) and the head (paper Fig. 9; 0 blocks is a linear
+  probe without BatchNorm). pretrain: everything.
+  """
+
+  mode, depth = config.mode, config.model.depth
+  trainable_blocks = config.get("trainable_blocks", -1)
+
+  def trains(path, _):
+    names = _names(path)
+    if mode == "linear_probe":
+      return names[0] == "head"
+    if mode == "pretrain" or trainable_blocks == -1:
+      return True
+    if names[0] != "encoder" or names[1:3] == ["transformer", "norm"]:
+      return True
+    block = _block_index(names)
+    return block is not None and block >= depth - trainable_blocks
+
+  return jax.tree_util.tree_map_with_path(trains, params)
+
+
+def scale_by_layer_decay(depth: int, decay: float
+                         ) -> optax.GradientTransformation:
+  """Multiplies each update by its parameter's `layer_decay_scales` entry.
+
+  The scale is looked up by the update's path, so the transform also works
+  on the partial trees that `optax.multi_transform` hands it.
+  """
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree_util.tree_map_with_path(
+        lambda path, u: u * _layer_scale(_names(path), depth, decay),
+        updates), state
+
+  return optax.GradientTransformation(optax.init_empty_state, update)
+
+
+def lars(learning_rate: optax.ScalarOrSchedule, momentum: float,
+         trust_coefficient: float, weight_decay: float
+         ) -> optax.GradientTransformation:
+  """LARS in the reference's order: decay, trust ratio, momentum, then lr.
+
+  Weight decay and the trust ratio apply to matrices only, not to 1-D
+  parameters (biases). Unlike `optax.lars`, the learning rate scales the
+  momentum buffer's output rather than its input, as in the reference, which
+  matters while the lr changes.
+  """
+  matrices = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+  return optax.chain(
+      optax.add_decayed_weights(weight_decay, mask=matrices),
+      optax.masked(optax.scale_by_trust_ratio(
+          trust_coefficient=trust_coefficient), matrices),
+      optax.trace(decay=momentum),
+      optax.scale_by_learning_rate(learning_rate))
+
+
+def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule,
+                   params) -> optax.GradientTransformation:
+  """The optimizer of `config.mode` for `params` (shapes suffice).
+
+  Frozen parameters get no update and no optimizer state at all.
+  """
   opt = config.optimizer
-  adamw = optax.adamw(schedule, b1=opt.b1, b2=opt.b2,
-                      weight_decay=opt.weight_decay, mask=weight_decay_mask)
+  if opt.name == "adamw":
+    tx = optax.adamw(schedule, b1=opt.b1, b2=opt.b2,
+                     weight_decay=opt.weight_decay, mask=weight_decay_mask)
+    if opt.get("layer_decay", 1.0) != 1.0:
+      tx = optax.chain(tx, scale_by_layer_decay(config.model.depth,
+                                                opt.layer_decay))
+  elif opt.name == "lars":
+    tx = lars(schedule, opt.momentum, opt.trust_coefficient, opt.weight_decay)
+  else:
+    raise ValueError(f"optimizer.name={opt.name!r}; use 'adamw' or 'lars'")
   if opt.grad_clip_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), adamw)
-  return adamw
+    tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
+  mask = trainable_mask(config, params)
+  if all(jax.tree.leaves(mask)):
+    return tx
+  labels = jax.tree.map(lambda t: "train" if t else "freeze", mask)
+  return optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()},
+                               labels)

@@ -1,10 +1,14 @@
-"""MAE pretraining: one pure train step, pmapped once, and the loop around it.
+"""One pure train step, pmapped once, and the loop around it, for every mode.
 
-Randomness enters the step as a key folded with the step number and each
-example's global position in the batch (`masking.example_keys`), so the
-trajectory does not depend on how many devices share the batch.
+The mode's task (tasks.py) supplies the model, the loss and the initial
+parameters; this module trains it: optimizer, accumulation, checkpoints,
+logging, evaluation (top-1/top-5 for the classification modes) and
+reconstruction figures (pretraining). Randomness enters the step as a key
+that the task folds with the step and each example's global position in the
+batch, so the trajectory does not depend on how many devices share it.
 """
 
+import collections
 import functools
 from absl import logging
 import time
@@ -23,9 +27,11 @@ from flax.training import train_state
 
 from mae_jax import checkpointing
 from mae_jax import devices as devices_lib
-from mae_jax import masking
+from mae_jax import initialization
 from mae_jax import models
 from mae_jax import optim
+from mae_jax import preemption
+from mae_jax import tasks
 from mae_jax import visualize
 from mae_jax import writers
 from mae_jax.data import pipeline
@@ -33,7 +39,12 @@ from mae_jax.data import sources
 from mae_jax.data import transforms
 
 AXIS = devices_lib.AXIS
-TrainState = train_state.TrainState
+
+
+class TrainState(train_state.TrainState):
+  """Parameters, optimizer state and the model's other variables (the
+  linear probe's BatchNorm statistics; empty otherwise)."""
+  model_state: Any = flax.struct.field(default_factory=dict)
 
 
 @flax.struct.dataclass
@@ -65,8 +76,9 @@ def validate_config(config: ml_collections.ConfigDict, process_count: int,
   """Checks what would otherwise fail late, with the fix in the message."""
   if config.batch_size <= 0:
     raise ValueError(f"batch_size={config.batch_size} must be positive")
-  if config.mode != "pretrain":
-    raise ValueError(f"mode={config.mode!r} is not known; use 'pretrain'")
+  if config.mode not in tasks.MODES:
+    raise ValueError(f"mode={config.mode!r} is not known; use one of "
+                     f"{tasks.MODES}")
   _, per_device = pipeline.local_batch_layout(
       config.batch_size, 0, process_count, local_device_count)
   if per_device % config.grad_accum_steps:
@@ -77,71 +89,119 @@ def validate_config(config: ml_collections.ConfigDict, process_count: int,
   if config.total_steps <= 0 or not 0 <= config.warmup_steps <= config.total_steps:
     raise ValueError(f"need 0 <= warmup_steps ({config.warmup_steps}) <= "
                      f"total_steps ({config.total_steps}) and total_steps > 0")
-  for name in ("log_every_steps", "checkpoint_every_steps",
-               "figure_every_steps"):
+  intervals = ["log_every_steps", "checkpoint_every_steps"]
+  intervals.append("figure_every_steps" if config.mode == "pretrain"
+                   else "eval_every_steps")
+  for name in intervals:
     if config[name] <= 0:
       raise ValueError(f"{name}={config[name]} must be positive")
+  if config.mode == "pretrain":
+    return
+  micro_batch = per_device // config.grad_accum_steps
+  if (config.augment.mixup_alpha > 0 or config.augment.cutmix_alpha > 0) and (
+      micro_batch % 2):
+    raise ValueError(
+        f"mixup/cutmix pairs neighbouring examples, so the per-device "
+        f"micro-batch ({micro_batch}) must be even; change batch_size or "
+        "grad_accum_steps, or set augment.mixup_alpha=augment.cutmix_alpha=0")
+  depth = config.model.depth
+  if config.mode == "finetune" and not -1 <= config.trainable_blocks <= depth:
+    raise ValueError(f"trainable_blocks={config.trainable_blocks}: use -1 "
+                     f"(fine-tune everything) or 0..{depth} (the last k "
+                     "blocks, the final norm and the head)")
 
 
-def create_train_state(model: models.MAE, config: ml_collections.ConfigDict,
-                       rng: jax.Array, schedule: optax.Schedule) -> TrainState:
-  """Fresh parameters and optimizer state (unreplicated)."""
-  images = jnp.zeros((1, model.image_size, model.image_size, 3), jnp.float32)
-  noise = jnp.zeros((1, model.num_patches), jnp.float32)
-  params = jax.jit(model.init)(rng, images, noise)["params"]
-  state = TrainState.create(apply_fn=model.apply, params=params,
-                            tx=optim.make_optimizer(config, schedule))
+def create_train_state(task, config: ml_collections.ConfigDict,
+                       rng: jax.Array, schedule: optax.Schedule,
+                       load_init_from: bool = True) -> TrainState:
+  """Initial parameters and optimizer state, unreplicated.
+
+  A classifier's encoder comes from `config.init_from` when it is set and
+  `load_init_from` (a resumed run restores its own checkpoint instead).
+  """
+  params, model_state = task.init_variables(rng)
+  if load_init_from and config.mode != "pretrain":
+    if config.init_from:
+      params = initialization.load_pretrained_encoder(
+          config.init_from, params, config.model)
+    else:
+      logging.warning("config.init_from is empty: the encoder starts from a "
+                      "random initialisation (the from-scratch baseline).")
+  state = TrainState.create(
+      apply_fn=task.model.apply, params=params, model_state=model_state,
+      tx=optim.make_optimizer(config, schedule, params))
   return state.replace(step=jnp.zeros((), jnp.int32))
 
 
-def accumulate_gradients(loss_fn: Callable, params, inputs: tuple,
+def accumulate_gradients(loss_fn: Callable, params, model_state, batch,
                          accum_steps: int):
-  """Mean loss and gradient over `accum_steps` equal micro-batches.
+  """(mean loss, mean gradient, model state) over `accum_steps` equal
+  micro-batches of `batch`.
 
-  Splitting the batch inside the step gives the same update as the whole
-  batch at once (the losses are means over equal-sized parts), in less
-  memory.
+  `loss_fn(params, model_state, batch) -> (loss, new model_state)`. Splitting
+  the batch inside the step gives the same update as the whole batch at once
+  (the losses are means over equal-sized parts), in less memory; the model
+  state (BatchNorm statistics) is threaded through the micro-batches.
   """
-  grad_fn = jax.value_and_grad(loss_fn)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if accum_steps == 1:
-    return grad_fn(params, *inputs)
+    (loss, model_state), grads = grad_fn(params, model_state, batch)
+    return loss, grads, model_state
   micro = jax.tree.map(
-      lambda x: x.reshape((accum_steps, -1) + x.shape[1:]), inputs)
+      lambda x: x.reshape((accum_steps, -1) + x.shape[1:]), batch)
 
-  def add(carry, micro_inputs):
-    loss, grads = grad_fn(params, *micro_inputs)
-    return jax.tree.map(jnp.add, carry, (loss, grads)), None
+  def add(carry, micro_batch):
+    loss_sum, grad_sum, model_state = carry
+    (loss, model_state), grads = grad_fn(params, model_state, micro_batch)
+    return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads),
+            model_state), None
 
-  zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
-  (loss, grads), _ = jax.lax.scan(add, zeros, micro)
-  return jax.tree.map(lambda x: x / accum_steps, (loss, grads))
+  zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params),
+           model_state)
+  (loss, grads, model_state), _ = jax.lax.scan(add, zeros, micro)
+  return loss / accum_steps, jax.tree.map(lambda g: g / accum_steps,
+                                          grads), model_state
 
 
-def train_step(state: TrainState, batch: dict, rng: jax.Array, *,
-               model: models.MAE, schedule: optax.Schedule,
+def train_step(state: TrainState, batch: dict, rng: jax.Array, *, task,
+               schedule: optax.Schedule,
                grad_accum_steps: int) -> tuple[TrainState, TrainMetrics]:
-  """One optimizer step on this device's share of the batch (under pmap)."""
-  images = transforms.normalize(batch["image"], xp=jnp)
-  keys = masking.example_keys(rng, state.step, batch["example_id"])
-  noise = masking.masking_noise(keys, model.num_patches)
+  """One optimizer step on this device's share of the batch (under pmap).
 
-  def loss_fn(params, images, noise):
-    return model.apply({"params": params}, images, noise).loss
+  Frozen parameters are cut from the graph with stop_gradient, so no
+  backward pass runs through a frozen encoder.
+  """
+  trainable = optim.trainable_mask(task.config, state.params)
 
-  loss, grads = accumulate_gradients(loss_fn, state.params, (images, noise),
-                                     grad_accum_steps)
+  def loss_fn(params, model_state, batch):
+    params = jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p),
+                          params, trainable)
+    return task.loss(params, model_state, batch, rng, state.step)
+
+  loss, grads, model_state = accumulate_gradients(
+      loss_fn, state.params, state.model_state, batch, grad_accum_steps)
   loss, grads = jax.lax.pmean((loss, grads), AXIS)
-  new_state = state.apply_gradients(grads=grads)
+  new_state = state.apply_gradients(grads=grads, model_state=model_state)
   step_metrics = TrainMetrics.single_from_model_output(
       loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state.step),
       step=state.step + 1)
   return new_state, step_metrics
 
 
+def eval_step(state: TrainState, batch: dict, *, task) -> dict:
+  """Correct top-1/top-5 and example counts over all devices (under pmap)."""
+  counts = task.eval_counts(state.params, state.model_state, batch)
+  return jax.lax.psum(counts, AXIS)
+
+
 def checkpoint_tree(state: TrainState) -> dict:
-  """What a checkpoint holds: the step, parameters and optimizer state."""
-  return {"step": state.step, "params": state.params,
+  """What a checkpoint holds: the step, parameters, optimizer state and,
+  when there is one, the model state."""
+  tree = {"step": state.step, "params": state.params,
           "opt_state": state.opt_state}
+  if state.model_state:
+    tree["model_state"] = state.model_state
+  return tree
 
 
 @jax.jit
@@ -204,23 +264,90 @@ class FigureMaker:
         self._model.patch_size, self._model.norm_pix_loss)
 
 
+class Evaluator:
+  """Top-1/top-5 (in %) over the whole evaluation split: every example
+  exactly once, the last batch padded and the padding masked out."""
+
+  def __init__(self, task, config: ml_collections.ConfigDict,
+               devices: Sequence[Any]):
+    self._source = sources.open_source(config.data, config.data.eval_split,
+                                       config.model.image_size)
+    self._config = config
+    self._devices = devices
+    self._eval_step = jax.pmap(functools.partial(eval_step, task=task),
+                               axis_name=AXIS, devices=_pmap_devices(devices))
+
+  def __call__(self, state: TrainState) -> dict[str, float]:
+    """`state` replicated over the devices."""
+    totals = collections.Counter()
+    batches = pipeline.eval_batches(
+        self._source, batch_size=self._config.batch_size,
+        image_size=self._config.model.image_size,
+        local_device_count=len(self._devices),
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        num_workers=self._config.data.num_workers)
+    for batch in batches:
+      counts = self._eval_step(state, devices_lib.shard(batch, self._devices))
+      totals.update(jax.device_get(devices_lib.unreplicate(counts)))
+    if totals["count"] != len(self._source):
+      raise RuntimeError(f"evaluated {totals['count']} examples of "
+                         f"{len(self._source)}")
+    return {"eval/top1": 100.0 * totals["top1"] / totals["count"],
+            "eval/top5": 100.0 * totals["top5"] / totals["count"]}
+
+
+def _pmap_devices(devices: Sequence[Any]) -> Sequence[Any] | None:
+  """pmap's `devices` argument: None for all local devices."""
+  return devices if len(devices) != jax.local_device_count() else None
+
+
+def _evaluate_checkpoint(task, config: ml_collections.ConfigDict,
+                         workdir: str, devices: Sequence[Any]) -> TrainState:
+  """`eval_only`: top-1/top-5 of the newest checkpoint in `workdir`, written
+  to its metrics at the checkpoint's step; returns the evaluated state."""
+  stored_config, variables = checkpointing.load_variables(workdir)
+  step = int(variables.pop("step"))
+  if dict(stored_config.model) != dict(config.model):
+    logging.warning("The checkpoint's model config differs from the given "
+                    "one; evaluating with the given one:\n%s",
+                    stored_config.model)
+  params, model_state = variables.pop("params"), variables.pop(
+      "model_state", {})
+  state = TrainState(step=step, apply_fn=task.model.apply, params=params,
+                     model_state=model_state, tx=None, opt_state=None)
+  scalars = Evaluator(task, config, devices)(
+      devices_lib.replicate(state, devices))
+  logging.info("Evaluation of step %d: %s", step, scalars)
+  writer = writers.create_writer(workdir)
+  writer.write_scalars(step, scalars)
+  writer.flush()
+  return state
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        devices: Sequence[Any] | None = None) -> TrainState:
-  """Runs (or resumes) pretraining in `workdir`; returns the final state.
+  """Runs (or resumes) training of `config.mode` in `workdir`; returns the
+  final state, unreplicated.
 
   `devices` restricts the run to some local devices (tests compare 1 and 8).
   """
   devices = list(devices or jax.local_devices())
   validate_config(config, jax.process_count(), len(devices))
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-  model = models.build(config.model)
+  task = tasks.make_task(config, AXIS)
+  pretraining = config.mode == "pretrain"
+  if not pretraining and config.eval_only:
+    return _evaluate_checkpoint(task, config, workdir, devices)
   schedule = optim.warmup_cosine_schedule(
       optim.peak_learning_rate(config), config.warmup_steps,
       config.total_steps, config.optimizer.min_lr)
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
 
   checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
-  state = create_train_state(model, config, init_rng, schedule)
+  checkpointer.check_model_config(config)  # a workdir holds one run
+  resuming = checkpointer.latest_step() is not None
+  state = create_train_state(task, config, init_rng, schedule,
+                             load_init_from=not resuming)
   restored, start_step = checkpointer.restore_latest(checkpoint_tree(state))
   state = state.replace(**restored)
   if start_step:
@@ -238,20 +365,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       image_size=config.model.image_size, seed=config.seed,
       start_step=start_step, local_device_count=len(devices),
       process_index=jax.process_index(), process_count=jax.process_count())
-  make_figure = FigureMaker(model, source, config.figure_images, config.seed)
+  make_figure = (FigureMaker(task.model, source, config.figure_images,
+                             config.seed) if pretraining else None)
+  evaluator = None if pretraining else Evaluator(task, config, devices)
   writer = writers.create_writer(workdir)
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=config.total_steps, every_steps=config.log_every_steps)
 
   p_train_step = jax.pmap(
-      functools.partial(train_step, model=model, schedule=schedule,
+      functools.partial(train_step, task=task, schedule=schedule,
                         grad_accum_steps=config.grad_accum_steps),
-      axis_name=AXIS, donate_argnums=(0,),
-      devices=devices if len(devices) != jax.local_device_count() else None)
+      axis_name=AXIS, donate_argnums=(0,), devices=_pmap_devices(devices))
   state = devices_lib.replicate(state, devices)
   step_rngs = devices_lib.replicate(step_rng, devices)
   device_batches = devices_lib.prefetch_to_devices(batches, devices)
 
+  notice = preemption.PreemptionNotice()
   train_metrics = None
   run_start = time.time()
   try:
@@ -269,12 +398,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         interval_start, interval_first_step = time.time(), step
       report_progress(step)
 
+      # Asked at every step by every process: a SIGTERM to any of them
+      # stops all at the same step, which is saved.
+      preempted = notice.reached(step)
       is_last = step == config.total_steps
       # Step 1 is logged too, so that the initial loss is on record.
-      log = step % config.log_every_steps == 0 or is_last or step == 1
-      figure = step % config.figure_every_steps == 0 or is_last
-      save = step % config.checkpoint_every_steps == 0 or is_last
-      if not (log or figure or save):
+      log = (step % config.log_every_steps == 0 or is_last or step == 1
+             or preempted)
+      figure = pretraining and (step % config.figure_every_steps == 0
+                                or is_last)
+      evaluate = not pretraining and (step % config.eval_every_steps == 0
+                                      or is_last)
+      save = step % config.checkpoint_every_steps == 0 or is_last or preempted
+      if not (log or figure or evaluate or save):
         continue
       params = devices_lib.unreplicate(state.params) if figure or save else None
       # Nothing is written from a state that has diverged.
@@ -288,17 +424,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         writer.write_scalars(step, scalars)
         train_metrics = None
         interval_start, interval_first_step = time.time(), step
+      if evaluate:
+        scalars = evaluator(state)
+        logging.info("Evaluation at step %d: %s", step, scalars)
+        writer.write_scalars(step, scalars)
+        interval_start = time.time()  # evaluation time is not training time
       if figure:
         image = make_figure(params)
         if jax.process_index() == 0:
           writer.write_images(step, {"reconstruction": image[None]})
           visualize.save_png(
               image, str(epath.Path(workdir) / f"reconstruction_{step:07d}.png"),
-              model.image_size)
+              task.model.image_size)
       if save:
         checkpointer.save(step, checkpoint_tree(devices_lib.unreplicate(state)),
                           config)
+      if preempted:
+        logging.warning("Preempted: saved step %d in %s and stopping; run the "
+                        "same command again to resume.", step, workdir)
+        break
   finally:
+    notice.close()
     batches.close()
     checkpointer.wait()
     checkpointer.close()

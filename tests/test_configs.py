@@ -15,7 +15,15 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "configs")
 IMAGENET_CONFIGS = ("mae_vit_base_pretrain.py", "mae_vit_large_pretrain.py",
                     "mae_vit_huge_pretrain.py")
-ALL_CONFIGS = ("demo.py",) + IMAGENET_CONFIGS
+PRETRAIN_CONFIGS = ("demo.py",) + IMAGENET_CONFIGS
+LINEAR_PROBE_CONFIGS = ("mae_vit_base_linear_probe.py",
+                        "mae_vit_large_linear_probe.py",
+                        "mae_vit_huge_linear_probe.py")
+FINETUNE_CONFIGS = ("mae_vit_base_finetune.py", "mae_vit_large_finetune.py",
+                    "mae_vit_huge_finetune.py")
+CLASSIFICATION_CONFIGS = (("demo_linear_probe.py", "demo_finetune.py")
+                          + LINEAR_PROBE_CONFIGS + FINETUNE_CONFIGS)
+ALL_CONFIGS = PRETRAIN_CONFIGS + CLASSIFICATION_CONFIGS
 
 
 def _load(config_file, *overrides):
@@ -40,7 +48,10 @@ def test_every_config_file_is_tested():
 def test_config_file_loads_locked_and_valid(config_file):
   config = _load(config_file)
   assert config.is_locked
-  assert config.mode == "pretrain"
+  expected_mode = next(mode for mode in ("linear_probe", "finetune")
+                       if mode in config_file) if (
+                           config_file in CLASSIFICATION_CONFIGS) else "pretrain"
+  assert config.mode == expected_mode
   assert config.model.image_size % config.model.patch_size == 0
   # The recipe fits on 8 devices as written.
   train.validate_config(config, process_count=1, local_device_count=8)
@@ -48,7 +59,7 @@ def test_config_file_loads_locked_and_valid(config_file):
     config.model.new_field = 1  # locked: no new keys
 
 
-@pytest.mark.parametrize("config_file", ALL_CONFIGS)
+@pytest.mark.parametrize("config_file", PRETRAIN_CONFIGS)
 def test_command_line_overrides_change_values(config_file):
   config = _load(config_file, "--config.batch_size=64",
                  "--config.model.mask_ratio=0.5",
@@ -115,6 +126,67 @@ def test_imagenet_configs_have_the_vit_sizes(config_file, patch, width, depth,
           model.num_heads) == (patch, width, depth, heads)
 
 
+@pytest.mark.parametrize("config_file", LINEAR_PROBE_CONFIGS)
+def test_linear_probe_configs_hold_the_paper_recipe(config_file):
+  config = _load(config_file)
+  model, opt = config.model, config.optimizer
+  assert (model.pooling, model.head_batch_norm) == ("cls", True)
+  assert model.head_init_std == 0.01 and model.drop_path_rate == 0.0
+  assert config.batch_size == 16384
+  assert (opt.name, opt.base_lr, opt.momentum, opt.trust_coefficient,
+          opt.weight_decay) == ("lars", 0.1, 0.9, 0.001, 0.0)
+  assert optim.peak_learning_rate(config) == pytest.approx(6.4)
+  assert config.total_steps == 90 * 1_281_167 // 16384
+  assert config.warmup_steps == 10 * 1_281_167 // 16384
+  assert tuple(config.data.crop_scale) == (0.08, 1.0)
+  assert config.data.rand_augment_num_ops == 0
+  assert set(config.augment.values()) == {0.0, 0.5}  # all off; switch_prob
+  assert config.data.eval_split == "validation"
+
+
+@pytest.mark.parametrize("config_file,epochs,base_lr,layer_decay,drop_path", [
+    ("mae_vit_base_finetune.py", 100, 5e-4, 0.65, 0.1),
+    ("mae_vit_large_finetune.py", 50, 1e-3, 0.75, 0.2),
+    ("mae_vit_huge_finetune.py", 50, 1e-3, 0.75, 0.3),
+])
+def test_finetune_configs_hold_the_paper_recipe(config_file, epochs, base_lr,
+                                                layer_decay, drop_path):
+  config = _load(config_file)
+  model, opt, augment = config.model, config.optimizer, config.augment
+  assert (model.pooling, model.head_batch_norm) == ("gap", False)
+  assert model.head_init_std == 2e-5 and model.drop_path_rate == drop_path
+  assert model.learned_pos_embed is True
+  assert config.trainable_blocks == -1
+  assert config.batch_size == 1024
+  assert (opt.name, opt.base_lr, opt.b1, opt.b2, opt.weight_decay,
+          opt.layer_decay, opt.min_lr) == ("adamw", base_lr, 0.9, 0.999, 0.05,
+                                           layer_decay, 1e-6)
+  assert config.total_steps == epochs * 1_281_167 // 1024
+  assert config.warmup_steps == 5 * 1_281_167 // 1024
+  assert (augment.mixup_alpha, augment.cutmix_alpha, augment.switch_prob,
+          augment.label_smoothing, augment.random_erasing) == (
+              0.8, 1.0, 0.5, 0.1, 0.25)
+  assert (config.data.rand_augment_num_ops,
+          config.data.rand_augment_magnitude) == (2, 9.0)
+
+
+@pytest.mark.parametrize("config_file", CLASSIFICATION_CONFIGS)
+def test_classifier_configs_build_their_model(config_file):
+  config = _load(config_file, "--config.init_from=/some/workdir")
+  assert config.init_from == "/some/workdir"
+  model = models.build_classifier(config.model)
+  assert model.num_classes == (10 if "demo" in config_file else 1000)
+
+
+def test_demo_classifiers_use_the_demo_encoder():
+  pretrain = _load("demo.py").model
+  for config_file in ("demo_linear_probe.py", "demo_finetune.py"):
+    model = _load(config_file).model
+    for field in ("image_size", "patch_size", "width", "depth", "num_heads",
+                  "mlp_dim", "layer_norm_eps"):
+      assert model[field] == pretrain[field], (config_file, field)
+
+
 def test_encoder_size_rejects_unknown_model_listing_known_sizes():
   with pytest.raises(ValueError) as info:
     models.encoder_size("gigantic/16")
@@ -174,7 +246,29 @@ def test_validate_config_rejects_warmup_longer_than_training():
 
 def test_validate_config_rejects_unknown_mode():
   with pytest.raises(ValueError) as info:
-    train.validate_config(_config(mode="finetune"), 1, 8)
+    train.validate_config(_config(mode="fine_tune"), 1, 8)
   message = str(info.value)
-  assert "'finetune'" in message
-  assert "pretrain" in message
+  assert "'fine_tune'" in message
+  assert "pretrain" in message and "linear_probe" in message
+
+
+def _finetune(**overrides):
+  config = common.finetune_config("base/16", epochs=1, base_lr=1e-3,
+                                  layer_decay=0.75, drop_path_rate=0.1)
+  config.update(batch_size=64, total_steps=100, warmup_steps=10)
+  config.update(overrides)
+  return config
+
+
+def test_validate_config_rejects_odd_micro_batches_with_mixup():
+  config = _finetune(batch_size=24)  # 3 per device
+  with pytest.raises(ValueError, match="micro-batch \\(3\\) must be even"):
+    train.validate_config(config, 1, 8)
+  config.augment.update(mixup_alpha=0.0, cutmix_alpha=0.0)
+  train.validate_config(config, 1, 8)
+
+
+def test_validate_config_rejects_trainable_blocks_out_of_range():
+  config = _finetune(trainable_blocks=13)
+  with pytest.raises(ValueError, match="0..12"):
+    train.validate_config(config, 1, 8)

@@ -374,6 +374,34 @@ def test_pipeline_sees_every_example_once_per_epoch(make_pipeline):
                                 np.arange(num_examples))
 
 
+@pytest.mark.parametrize("process_count", [1, 2])
+def test_eval_batches_cover_every_example_exactly_once(process_count):
+  source = sources.SyntheticSource(8, num_examples=45)
+  seen = []
+  for process in range(process_count):
+    batches = list(pipeline.eval_batches(
+        source, batch_size=16, image_size=8, local_device_count=4 // process_count,
+        process_index=process, process_count=process_count))
+    assert len(batches) == 3  # every process runs the same number
+    for batch in batches:
+      assert batch["image"].shape == (4 // process_count, 4, 8, 8, 3)
+      real = batch["mask"].reshape(-1) == 1
+      seen.extend(image.tobytes()
+                  for image in batch["image"].reshape(-1, 8, 8, 3)[real])
+  expected = [transforms.center_crop(source[i].image, 8).tobytes()
+              for i in range(45)]
+  assert sorted(seen) == sorted(expected)
+
+
+def test_eval_batches_are_centre_crops_in_order():
+  source = sources.DigitsSource("test", 16)
+  batch = next(pipeline.eval_batches(source, batch_size=8, image_size=16,
+                                     local_device_count=2))
+  np.testing.assert_array_equal(
+      batch["image"][1, 0], transforms.center_crop(source[4].image, 16))
+  np.testing.assert_array_equal(batch["mask"], 1.0)
+
+
 def test_local_batch_layout_splits_batch_over_processes():
   assert pipeline.local_batch_layout(16, 0, 1, 8) == (0, 2)
   assert pipeline.local_batch_layout(16, 1, 2, 4) == (8, 2)

@@ -5,7 +5,13 @@ import optax
 
 from mae_jax import models
 from mae_jax import optim
-from testing_utils import tiny_config
+from testing_utils import tiny_classifier_config, tiny_config
+
+
+def _classifier_params(config):
+  model = models.build_classifier(config.model)
+  return jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, 16, 16, 3))))["params"]
 
 
 def test_lr_scales_with_the_global_batch():
@@ -42,7 +48,7 @@ def test_adamw_decays_only_masked_parameters():
   config = tiny_config()
   params = {"w": jnp.ones((2, 2)), "b": jnp.ones((2,)),
             "cls_token": jnp.ones((1, 1, 2))}
-  tx = optim.make_optimizer(config, lambda _: 0.5)
+  tx = optim.make_optimizer(config, lambda _: 0.5, params)
   zero_grads = jax.tree.map(jnp.zeros_like, params)
   updates, _ = tx.update(zero_grads, tx.init(params), params)
   np.testing.assert_allclose(updates["w"], -0.5 * 0.05)
@@ -53,10 +59,83 @@ def test_adamw_decays_only_masked_parameters():
 def test_gradient_clipping_when_configured():
   config = tiny_config()
   config.optimizer.grad_clip_norm = 1.0
-  tx = optim.make_optimizer(config, lambda _: 1.0)
   params = {"w": jnp.zeros((3,))}
+  tx = optim.make_optimizer(config, lambda _: 1.0, params)
   grads = {"w": jnp.asarray([300.0, 400.0, 0.0])}
   _, state = tx.update(grads, tx.init(params), params)
   # Adam's first moment sees the clipped gradient (norm 1), scaled by 1 - b1.
   mu = optax.tree_utils.tree_get(state, "mu")["w"]
   np.testing.assert_allclose(mu, 0.1 * np.asarray([0.6, 0.8, 0.0]), rtol=1e-5)
+
+
+def test_layer_decay_scales_follow_the_reference():
+  config = tiny_classifier_config("finetune")  # depth 2
+  scales = optim.layer_decay_scales(_classifier_params(config), depth=2,
+                                    decay=0.5)
+  encoder = scales["encoder"]
+  # Embedding: decay^(N+1); block i: decay^(N-i); after the blocks: 1.
+  for name in ("patch_embed", "cls_token", "pos_embed"):
+    assert jax.tree.leaves(encoder[name]) == [0.125] * len(
+        jax.tree.leaves(encoder[name])), name
+  blocks = encoder["transformer"]
+  assert set(jax.tree.leaves(blocks["blocks_0"])) == {0.25}
+  assert set(jax.tree.leaves(blocks["blocks_1"])) == {0.5}
+  assert set(jax.tree.leaves(scales["fc_norm"])) == {1.0}
+  assert set(jax.tree.leaves(scales["head"])) == {1.0}
+
+
+def test_layer_decay_scales_each_parameters_update():
+  config = tiny_classifier_config("finetune")
+  config.optimizer.weight_decay = 0.0
+  params = jax.tree.map(lambda s: jnp.zeros(s.shape), _classifier_params(
+      config))
+  grads = jax.tree.map(jnp.ones_like, params)
+  tx = optim.make_optimizer(config, lambda _: 1.0, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  # Adam's first step is -lr * sign(g) = -1, times the layer's scale.
+  scales = optim.layer_decay_scales(params, 2, config.optimizer.layer_decay)
+  for update, scale in zip(jax.tree.leaves(updates), jax.tree.leaves(scales)):
+    np.testing.assert_allclose(update, -scale, rtol=1e-5)
+
+
+def test_partial_fine_tuning_trains_the_last_blocks_norm_and_head():
+  config = tiny_classifier_config("finetune", trainable_blocks=1)
+  mask = optim.trainable_mask(config, _classifier_params(config))
+  encoder = mask["encoder"]
+  assert not any(jax.tree.leaves(encoder["patch_embed"]))
+  assert not encoder["cls_token"] and not encoder["pos_embed"]
+  assert not any(jax.tree.leaves(encoder["transformer"]["blocks_0"]))
+  assert all(jax.tree.leaves(encoder["transformer"]["blocks_1"]))
+  assert all(jax.tree.leaves(mask["fc_norm"]) + jax.tree.leaves(mask["head"]))
+  config.trainable_blocks = -1
+  assert all(jax.tree.leaves(optim.trainable_mask(
+      config, _classifier_params(config))))
+
+
+def test_linear_probe_trains_the_head_only_with_lars():
+  config = tiny_classifier_config("linear_probe")
+  params = jax.tree.map(lambda s: jnp.ones(s.shape),
+                        _classifier_params(config))
+  mask = optim.trainable_mask(config, params)
+  assert jax.tree.leaves(mask["head"]) == [True, True]
+  assert not any(jax.tree.leaves(mask["encoder"]))
+  tx = optim.make_optimizer(config, lambda _: 1.0, params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  assert not any(np.any(u) for u in jax.tree.leaves(updates["encoder"]))
+  # The kernel's update is scaled by the trust ratio 0.001 |w| / |g| = 0.001;
+  # the 1-D bias gets the plain gradient.
+  np.testing.assert_allclose(updates["head"]["kernel"], -0.001, rtol=1e-5)
+  np.testing.assert_allclose(updates["head"]["bias"], -1.0)
+
+
+def test_lars_applies_the_lr_after_momentum_as_the_reference():
+  tx = optim.lars(lambda step: 1.0 + step, momentum=0.9,
+                  trust_coefficient=1.0, weight_decay=0.0)
+  params = {"b": jnp.zeros((2,))}  # 1-D: no trust ratio
+  state = tx.init(params)
+  grads = {"b": jnp.ones((2,))}
+  first, state = tx.update(grads, state, params)
+  second, _ = tx.update(grads, state, params)
+  np.testing.assert_allclose(first["b"], -1.0)  # lr 1 x buffer 1
+  np.testing.assert_allclose(second["b"], -2.0 * 1.9)  # lr 2 x buffer 1.9

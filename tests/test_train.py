@@ -12,6 +12,7 @@ import pytest
 from mae_jax import devices as devices_lib
 from mae_jax import models
 from mae_jax import optim
+from mae_jax import tasks
 from mae_jax import train
 from mae_jax.data import sources
 from testing_utils import assert_same_trajectory, tiny_config
@@ -37,13 +38,13 @@ def _fixed_batch(config, num_devices):
 
 
 def _step_fn(config, grad_accum_steps=1):
-  model = models.build(config.model)
+  task = tasks.make_task(config, train.AXIS)
   schedule = optim.warmup_cosine_schedule(
       optim.peak_learning_rate(config), config.warmup_steps,
       config.total_steps)
-  state = train.create_train_state(model, config, jax.random.key(0), schedule)
+  state = train.create_train_state(task, config, jax.random.key(0), schedule)
   step = jax.pmap(functools.partial(
-      train.train_step, model=model, schedule=schedule,
+      train.train_step, task=task, schedule=schedule,
       grad_accum_steps=grad_accum_steps), axis_name=train.AXIS)
   return state, step
 
@@ -71,12 +72,13 @@ def test_gradient_accumulation_matches_the_whole_batch():
   images = jax.random.normal(jax.random.key(1), (8, 16, 16, 3))
   noise = jax.random.uniform(jax.random.key(2), (8, 16))
 
-  def loss_fn(params, images, noise):
-    return model.apply({"params": params}, images, noise).loss
+  def loss_fn(params, model_state, batch):
+    images, noise = batch
+    return model.apply({"params": params}, images, noise).loss, model_state
 
-  accumulate = jax.jit(train.accumulate_gradients, static_argnums=(0, 3))
-  whole = accumulate(loss_fn, params, (images, noise), 1)
-  in_four = accumulate(loss_fn, params, (images, noise), 4)
+  accumulate = jax.jit(train.accumulate_gradients, static_argnums=(0, 4))
+  whole = accumulate(loss_fn, params, {}, (images, noise), 1)
+  in_four = accumulate(loss_fn, params, {}, (images, noise), 4)
   chex.assert_trees_all_close(whole, in_four, rtol=1e-5, atol=1e-7)
 
 

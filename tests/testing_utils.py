@@ -36,6 +36,30 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
   return config
 
 
+def tiny_classifier_config(mode: str = "finetune", **overrides
+                           ) -> ml_collections.ConfigDict:
+  """A linear probe or fine-tuning on digits with the tiny encoder."""
+  if mode == "linear_probe":
+    config = common.linear_probe_config("tiny/4")
+  else:
+    config = common.finetune_config("tiny/4", epochs=1, base_lr=1e-3,
+                                    layer_decay=0.75, drop_path_rate=0.1)
+  encoder = {k: v for k, v in tiny_model().items()
+             if k in config.model and k != "patch_size"}
+  config.model.update(encoder, num_classes=10)
+  config.data.update(source="digits", split="train", eval_split="test",
+                     crop_scale=(0.5, 1.0), num_workers=2,
+                     rand_augment_num_ops=0)
+  config.batch_size = 16
+  config.total_steps = 4
+  config.warmup_steps = 1
+  config.log_every_steps = 2
+  config.checkpoint_every_steps = 2
+  config.eval_every_steps = 4
+  config.update(overrides)
+  return config
+
+
 def _split_key_bias(params):
   """(params without the key biases, the key biases).
 

@@ -1,4 +1,5 @@
-"""Deterministic, per-process, prefetched training batches.
+"""Deterministic, per-process, prefetched training batches, and evaluation
+batches that cover a split exactly once.
 
 Batch `s` is a pure function of (seed, s): the global stream of examples is
 epoch after epoch of seeded permutations, step `s` takes stream positions
@@ -17,6 +18,7 @@ from typing import Iterator
 import ml_collections
 import numpy as np
 
+from mae_jax.data import randaugment
 from mae_jax.data import sources
 from mae_jax.data import transforms
 
@@ -105,6 +107,10 @@ class TrainPipeline:
         tuple(self._config.crop_ratio))
     if self._config.horizontal_flip:
       image = transforms.random_horizontal_flip(image, rng)
+    if self._config.rand_augment_num_ops:
+      image = randaugment.rand_augment(
+          image, rng, num_ops=self._config.rand_augment_num_ops,
+          magnitude=self._config.rand_augment_magnitude)
     return image, example.label
 
   @property
@@ -185,3 +191,37 @@ def eval_images(source: sources.Source, count: int,
   count = min(count, len(source))
   return np.stack([transforms.center_crop(source[i].image, image_size)
                    for i in range(count)])
+
+
+def eval_batches(source: sources.Source, *, batch_size: int, image_size: int,
+                 local_device_count: int, process_index: int = 0,
+                 process_count: int = 1, num_workers: int = 0
+                 ) -> Iterator[Batch]:
+  """Every example of `source` exactly once, centre-cropped, in global
+  batches of `batch_size`; this process's part of each.
+
+  The last batch is padded (with example 0) to the full size, so that the
+  compiled step keeps one shape and every process runs the same number of
+  batches; 'mask' (D, b) is 1 for real examples, 0 for padding.
+  """
+  first, per_device = local_batch_layout(batch_size, process_index,
+                                         process_count, local_device_count)
+  local = local_device_count * per_device
+  shape = (local_device_count, per_device)
+
+  def load(index: int) -> tuple[np.ndarray, int]:
+    example = source[index]
+    return transforms.center_crop(example.image, image_size), example.label
+
+  workers = num_workers or os.cpu_count() or 1
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    for start in range(0, len(source), batch_size):
+      positions = start + first + np.arange(local)
+      valid = positions < len(source)
+      results = list(pool.map(load, np.where(valid, positions, 0).tolist()))
+      yield {
+          "image": np.stack([r[0] for r in results]).reshape(
+              shape + results[0][0].shape),
+          "label": np.asarray([r[1] for r in results], np.int32).reshape(shape),
+          "mask": valid.astype(np.float32).reshape(shape),
+      }

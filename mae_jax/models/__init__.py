@@ -1,9 +1,11 @@
-"""Models by name: ViT sizes, and `build(model_config)` for the MAE."""
+"""Models by name: ViT sizes, `build(model_config)` for the MAE and
+`build_classifier(model_config)` for the evaluation protocols."""
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mae_jax.models.classifier import ViTClassifier
 from mae_jax.models.mae import MAE, MAEDecoder, MAEOutput
 from mae_jax.models.vit import VisionEncoder
 
@@ -46,5 +48,18 @@ def build(model_config: ml_collections.ConfigDict) -> MAE:
   return MAE(**fields)
 
 
-__all__ = ["MAE", "MAEDecoder", "MAEOutput", "VisionEncoder", "VIT_SIZES",
-           "build", "compute_dtype", "encoder_size"]
+def build_classifier(model_config: ml_collections.ConfigDict,
+                     axis_name: str | None = None) -> ViTClassifier:
+  """The ViT classifier described by `model_config` (configs/common.py).
+
+  `axis_name` is the pmap axis over which the linear probe's BatchNorm
+  averages batch statistics in training.
+  """
+  fields = dict(model_config)
+  fields["dtype"] = compute_dtype(fields["dtype"])
+  return ViTClassifier(**fields, axis_name=axis_name)
+
+
+__all__ = ["MAE", "MAEDecoder", "MAEOutput", "VisionEncoder", "ViTClassifier",
+           "VIT_SIZES", "build", "build_classifier", "compute_dtype",
+           "encoder_size"]

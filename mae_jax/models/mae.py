@@ -50,7 +50,7 @@ class MAEDecoder(nn.Module):
         x.dtype)
     x = jnp.concatenate([x[:, :1], tokens], axis=1)  # cls pos-embed is 0
     x = vit.Transformer(self.depth, self.num_heads, self.mlp_dim,
-                        self.layer_norm_eps, self.remat, self.dtype,
+                        self.layer_norm_eps, self.remat, dtype=self.dtype,
                         name="transformer")(x)
     pred = vit.Dense(self.patch_size ** 2 * 3, self.dtype, name="pred")(x)
     return pred[:, 1:].astype(jnp.float32)

@@ -149,41 +149,72 @@ class Mlp(nn.Module):
     return Dense(d, self.dtype, name="fc2")(x)
 
 
+def drop_path(x: jnp.ndarray, keys: jax.Array | None, rate: float
+              ) -> jnp.ndarray:
+  """Stochastic depth: zeroes a residual branch per sample, rescales the rest.
+
+  `keys` holds one PRNG key per sample (None = inference, the identity), so a
+  sample's drop decisions do not depend on which device holds it.
+  """
+  if keys is None or rate == 0.0:
+    return x
+  keep = jax.vmap(lambda k: jax.random.bernoulli(k, 1.0 - rate))(keys)
+  scale = keep.astype(x.dtype) / np.asarray(1.0 - rate, x.dtype)
+  return x * scale.reshape((-1,) + (1,) * (x.ndim - 1))
+
+
 class Block(nn.Module):
   """Pre-norm transformer block: x + attn(norm(x)); x + mlp(norm(x))."""
   num_heads: int
   mlp_dim: int
   layer_norm_eps: float = 1e-6
+  drop_path_rate: float = 0.0
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, drop_keys: jax.Array | None = None
+               ) -> jnp.ndarray:
     norm = functools.partial(nn.LayerNorm, epsilon=self.layer_norm_eps,
                              dtype=self.dtype)
-    x = x + Attention(self.num_heads, self.dtype, name="attn")(
-        norm(name="norm1")(x))
-    return x + Mlp(self.mlp_dim, self.dtype, name="mlp")(norm(name="norm2")(x))
+    branch_keys = (None, None) if drop_keys is None else jax.vmap(
+        lambda k: jax.random.split(k))(drop_keys).swapaxes(0, 1)
+    x = x + drop_path(Attention(self.num_heads, self.dtype, name="attn")(
+        norm(name="norm1")(x)), branch_keys[0], self.drop_path_rate)
+    return x + drop_path(Mlp(self.mlp_dim, self.dtype, name="mlp")(
+        norm(name="norm2")(x)), branch_keys[1], self.drop_path_rate)
 
 
 class Transformer(nn.Module):
   """`depth` blocks followed by a final LayerNorm.
 
   `remat` recomputes each block's activations in the backward pass, trading
-  ~1/3 more compute for memory that no longer grows with depth.
+  ~1/3 more compute for memory that no longer grows with depth. The drop-path
+  rate grows linearly from 0 at the first block to `drop_path_rate` at the
+  last, as in the reference's fine-tuning.
   """
   depth: int
   num_heads: int
   mlp_dim: int
   layer_norm_eps: float = 1e-6
   remat: bool = False
+  drop_path_rate: float = 0.0
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, drop_keys: jax.Array | None = None,
+               final_norm: bool = True) -> jnp.ndarray:
+    """`drop_keys` (B,) enables drop path; `final_norm=False` returns the
+    last block's output (global-pool fine-tuning normalises after pooling)."""
     block_cls = nn.remat(Block) if self.remat else Block
+    rates = np.linspace(0.0, self.drop_path_rate, self.depth)
     for i in range(self.depth):
+      block_keys = None if drop_keys is None else jax.vmap(
+          lambda k, i=i: jax.random.fold_in(k, i))(drop_keys)
       x = block_cls(self.num_heads, self.mlp_dim, self.layer_norm_eps,
-                    self.dtype, name=f"blocks_{i}")(x)
+                    float(rates[i]), self.dtype, name=f"blocks_{i}")(
+                        x, block_keys)
+    if not final_norm:
+      return x
     return nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype,
                         name="norm")(x)
 
@@ -192,8 +223,11 @@ class VisionEncoder(nn.Module):
   """ViT encoder, split in two so that MAE can mask between the halves.
 
   `embed` turns images into position-embedded patch tokens; `transform`
-  prepends the cls token and runs the blocks. The position table is generated
-  from the input's grid, so another resolution just works.
+  prepends the cls token and runs the blocks. The fixed sin-cos position
+  table is generated from the input's grid, so another resolution just works.
+  With `pos_embed_grid` set, the position embedding is instead a parameter
+  'pos_embed' (1, 1 + gh*gw, D) for that grid, initialised to the sin-cos
+  table with a zero cls row: the reference fine-tunes it.
   """
   patch_size: int
   width: int
@@ -203,28 +237,46 @@ class VisionEncoder(nn.Module):
   layer_norm_eps: float = 1e-6
   remat: bool = False
   dtype: Dtype = jnp.float32
+  drop_path_rate: float = 0.0
+  pos_embed_grid: tuple[int, int] | None = None
 
   def setup(self):
     # A Dense layer on flattened patches is the reference's conv patch
     # embedding, with xavier fans of (p*p*3, width) as in the reference.
     self.patch_embed = Dense(self.width, self.dtype)
     self.cls_token = self.param("cls_token", token_init, (1, 1, self.width))
+    if self.pos_embed_grid is not None:
+      self.pos_embed = self.param("pos_embed", lambda _: jnp.asarray(
+          np.pad(sincos_pos_embed_2d(self.width, *self.pos_embed_grid),
+                 ((1, 0), (0, 0)))[None]))
     self.transformer = Transformer(self.depth, self.num_heads, self.mlp_dim,
-                                   self.layer_norm_eps, self.remat, self.dtype)
+                                   self.layer_norm_eps, self.remat,
+                                   self.drop_path_rate, self.dtype)
 
   def embed(self, images: jnp.ndarray) -> jnp.ndarray:
     """(B, H, W, 3) -> (B, L, D) patch tokens plus position embedding."""
     gh = patches.grid_size(images.shape[1], self.patch_size)
     gw = patches.grid_size(images.shape[2], self.patch_size)
     x = self.patch_embed(patches.patchify(images, self.patch_size))
-    return x + sincos_pos_embed_2d(self.width, gh, gw).astype(x.dtype)
+    if self.pos_embed_grid is None:
+      return x + sincos_pos_embed_2d(self.width, gh, gw).astype(x.dtype)
+    if (gh, gw) != tuple(self.pos_embed_grid):
+      raise ValueError(f"images of {gh}x{gw} patches do not fit the learned "
+                       f"position embedding of {self.pos_embed_grid}")
+    return x + self.pos_embed[:, 1:].astype(x.dtype)
 
-  def transform(self, tokens: jnp.ndarray) -> jnp.ndarray:
-    """(B, N, D) -> (B, 1 + N, D); the cls token's position embedding is 0."""
-    cls = jnp.broadcast_to(self.cls_token.astype(tokens.dtype),
+  def transform(self, tokens: jnp.ndarray, drop_keys: jax.Array | None = None,
+                final_norm: bool = True) -> jnp.ndarray:
+    """(B, N, D) -> (B, 1 + N, D); see `Transformer` for the options."""
+    cls = self.cls_token
+    if self.pos_embed_grid is not None:
+      cls = cls + self.pos_embed[:, :1]
+    cls = jnp.broadcast_to(cls.astype(tokens.dtype),
                            (tokens.shape[0], 1, self.width))
-    return self.transformer(jnp.concatenate([cls, tokens], axis=1))
+    return self.transformer(jnp.concatenate([cls, tokens], axis=1), drop_keys,
+                            final_norm)
 
-  def __call__(self, images: jnp.ndarray) -> jnp.ndarray:
+  def __call__(self, images: jnp.ndarray, drop_keys: jax.Array | None = None,
+               final_norm: bool = True) -> jnp.ndarray:
     """Unmasked encoding of every patch: (B, 1 + L, D)."""
-    return self.transform(self.embed(images))
+    return self.transform(self.embed(images), drop_keys, final_norm)

@@ -1,0 +1,11 @@
+"""Linear probe of a MAE ViT-L/16 on ImageNet-1k (paper: 75.8% top-1).
+
+  python -m mae_jax.main --config=configs/mae_vit_large_linear_probe.py \
+      --workdir=DIR --config.init_from=PRETRAIN_WORKDIR
+"""
+
+from configs import common
+
+
+def get_config():
+  return common.linear_probe_config("large/16")

@@ -1,0 +1,132 @@
+"""A classifier's encoder from a pretraining checkpoint (`config.init_from`).
+
+The encoder's parameters are copied by name, the decoder is dropped, the
+head stays freshly initialised. At another resolution than the pretraining's,
+the fixed sin-cos position table is simply generated for the new grid; a
+learned position embedding in the checkpoint (a fine-tuned model's) is
+resized bicubically on the grid, the cls row kept, as the reference's
+`interpolate_pos_embed` does.
+"""
+
+from absl import logging
+
+import flax
+import ml_collections
+import numpy as np
+
+from mae_jax import checkpointing
+
+# Encoder fields that must agree with the checkpoint's for its weights to fit.
+_ENCODER_FIELDS = ("patch_size", "width", "depth", "num_heads", "mlp_dim")
+
+
+def _cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:
+  """Keys' cubic convolution weights at offsets -1, 0, 1, 2 (PyTorch's a)."""
+  def near(x):  # |x| <= 1
+    return ((a + 2) * x - (a + 3)) * x * x + 1
+
+  def far(x):  # 1 < |x| < 2
+    return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+  return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
+
+
+def _bicubic_matrix(size_in: int, size_out: int) -> np.ndarray:
+  """(size_out, size_in) matrix of PyTorch's bicubic resize along one axis
+  (align_corners=False, borders clamped)."""
+  source = (np.arange(size_out) + 0.5) * size_in / size_out - 0.5
+  base = np.floor(source)
+  weights = _cubic_weights(source - base)
+  matrix = np.zeros((size_out, size_in))
+  for offset in range(4):
+    index = np.clip(base + offset - 1, 0, size_in - 1).astype(int)
+    np.add.at(matrix, (np.arange(size_out), index), weights[:, offset])
+  return matrix
+
+
+def resize_pos_embed(pos_embed: np.ndarray, grid: tuple[int, int]
+                     ) -> np.ndarray:
+  """(1, 1 + h*w, D) on a square h x w grid -> (1, 1 + grid[0]*grid[1], D)."""
+  cls_row, tokens = pos_embed[:, :1], pos_embed[0, 1:]
+  side = int(round(np.sqrt(tokens.shape[0])))
+  if side * side != tokens.shape[0]:
+    raise ValueError(f"pos_embed with {tokens.shape[0]} patch positions is not "
+                     "a square grid")
+  tokens = tokens.reshape(side, side, -1).astype(np.float64)
+  resized = np.einsum("ih,hwd,jw->ijd", _bicubic_matrix(side, grid[0]), tokens,
+                      _bicubic_matrix(side, grid[1]))
+  return np.concatenate(
+      [cls_row, resized.reshape(1, -1, tokens.shape[-1]).astype(
+          pos_embed.dtype)], axis=1)
+
+
+def load_pretrained_encoder(init_from: str, params,
+                            model_config: ml_collections.ConfigDict):
+  """`params` with 'encoder' replaced by the checkpoint's encoder.
+
+  Raises ValueError naming every parameter that is missing or does not fit.
+  """
+  stored_config, stored_params = checkpointing.load_params(init_from)
+  stored_model = stored_config.model
+  if stored_model.patch_size != model_config.patch_size:
+    raise ValueError(
+        f"init_from={init_from} was trained with patch size "
+        f"{stored_model.patch_size}, but the model has "
+        f"{model_config.patch_size}; the patch embedding cannot be reused. "
+        f"Set --config.model.patch_size={stored_model.patch_size}.")
+  if "encoder" not in stored_params:
+    raise ValueError(f"init_from={init_from} holds no 'encoder' parameters "
+                     f"(found {sorted(stored_params)})")
+  ours = flax.traverse_util.flatten_dict(params["encoder"], sep="/")
+  theirs = flax.traverse_util.flatten_dict(stored_params["encoder"], sep="/")
+  loaded, problems = {}, []
+  for name, value in ours.items():
+    if name == "pos_embed":
+      loaded[name] = _pos_embed(theirs.get(name), value, model_config)
+    elif name not in theirs:
+      problems.append(f"encoder/{name}: not in the checkpoint")
+    elif theirs[name].shape != value.shape:
+      problems.append(f"encoder/{name}: checkpoint {theirs[name].shape} vs "
+                      f"model {value.shape}")
+    else:
+      loaded[name] = theirs[name]
+  # Global pooling leaves the final norm unused, as in the reference; a
+  # learned pos_embed is dropped when the model uses the fixed table.
+  unused = [n for n in theirs if n not in ours
+            and not n.startswith(("transformer/norm/", "pos_embed"))]
+  problems += [f"encoder/{n}: in the checkpoint, not in the model"
+               for n in unused]
+  if "pos_embed" in theirs and "pos_embed" not in ours:
+    logging.warning("init_from has a learned pos_embed, which the model does "
+                    "not use (it has the fixed sin-cos table); set "
+                    "--config.model.learned_pos_embed=True to load it.")
+  if problems:
+    fields = ", ".join(f"{f}={stored_model.get(f)}" for f in _ENCODER_FIELDS)
+    raise ValueError(
+        f"the encoder in init_from={init_from} ({fields}) does not fit the "
+        "configured model:\n  " + "\n  ".join(problems[:20]) +
+        "\nSet --config.model to the checkpoint's sizes.")
+  logging.info("Initialised %d encoder tensors from %s; the head is new.",
+               len(loaded), init_from)
+  return {**params, "encoder": flax.traverse_util.unflatten_dict(
+      loaded, sep="/")}
+
+
+def _pos_embed(stored: np.ndarray | None, initial: np.ndarray,
+               model_config: ml_collections.ConfigDict) -> np.ndarray:
+  """A learned position embedding for the model's grid."""
+  grid = int(round(np.sqrt(initial.shape[1] - 1)))
+  if stored is None:
+    logging.info("No learned pos_embed in the checkpoint: starting from the "
+                 "sin-cos table of the %dx%d grid.", grid, grid)
+    return initial
+  if stored.shape == initial.shape:
+    return stored
+  if stored.shape[-1] != initial.shape[-1]:
+    raise ValueError(f"encoder/pos_embed: checkpoint {stored.shape} vs model "
+                     f"{initial.shape}")
+  logging.info("Resizing the learned pos_embed from %d to %dx%d positions "
+               "(bicubic) for image_size=%d.", stored.shape[1] - 1, grid, grid,
+               model_config.image_size)
+  return resize_pos_embed(stored, (grid, grid))
+

@@ -1,0 +1,150 @@
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from mae_jax import checkpointing
+from mae_jax import initialization
+from mae_jax import models
+from mae_jax.models import vit
+from testing_utils import tiny_classifier_config, tiny_model
+
+
+def _pretraining_checkpoint(workdir, **model_overrides):
+  """A workdir holding an (untrained) tiny MAE's checkpoint."""
+  model_config = tiny_model(**model_overrides)
+  model = models.build(model_config)
+  params = model.init(jax.random.key(7), jnp.zeros((1, 16, 16, 3)),
+                      jnp.zeros((1, model.num_patches)))["params"]
+  config = ml_collections.ConfigDict({"mode": "pretrain",
+                                      "model": model_config})
+  checkpointing.save_params(str(workdir), config, jax.device_get(params),
+                            step=3)
+  return params
+
+
+def _fresh_classifier(model_config):
+  model = models.build_classifier(model_config)
+  size = model_config.image_size
+  return jax.device_get(model.init(jax.random.key(0),
+                                   jnp.zeros((1, size, size, 3)))["params"])
+
+
+def _flat(tree):
+  return flax.traverse_util.flatten_dict(tree, sep="/")
+
+
+def test_encoder_is_copied_and_the_decoder_dropped(tmp_path):
+  pretrained = _flat(_pretraining_checkpoint(tmp_path)["encoder"])
+  model_config = tiny_classifier_config("linear_probe").model
+  fresh = _fresh_classifier(model_config)
+  params = initialization.load_pretrained_encoder(str(tmp_path), fresh,
+                                                  model_config)
+  assert set(params) == {"encoder", "head"}
+  loaded = _flat(params["encoder"])
+  assert set(loaded) == set(pretrained)
+  for name, value in loaded.items():
+    np.testing.assert_array_equal(value, pretrained[name], err_msg=name)
+  np.testing.assert_array_equal(params["head"]["kernel"],
+                                fresh["head"]["kernel"])
+
+
+def test_global_pool_model_loads_without_the_final_norm(tmp_path):
+  _pretraining_checkpoint(tmp_path)
+  model_config = tiny_classifier_config("finetune").model
+  params = initialization.load_pretrained_encoder(
+      str(tmp_path), _fresh_classifier(model_config), model_config)
+  assert "norm" not in params["encoder"]["transformer"]
+  # No learned pos_embed in a pretraining checkpoint: the sin-cos table.
+  np.testing.assert_array_equal(params["encoder"]["pos_embed"][0, 1:],
+                                vit.sincos_pos_embed_2d(32, 4, 4))
+
+
+def test_other_patch_size_is_a_clear_error(tmp_path):
+  _pretraining_checkpoint(tmp_path)
+  model_config = tiny_classifier_config("finetune").model
+  model_config.patch_size = 8
+  with pytest.raises(ValueError, match="patch size 4.*patch_size=4"):
+    initialization.load_pretrained_encoder(
+        str(tmp_path), _fresh_classifier(model_config), model_config)
+
+
+@pytest.mark.parametrize("change, expected", [
+    (dict(width=48), "encoder/patch_embed/kernel: checkpoint (48, 32) vs "
+     "model (48, 48)"),
+    (dict(depth=3), "encoder/transformer/blocks_2/attn/qkv/kernel: not in "
+     "the checkpoint"),
+    (dict(depth=1), "encoder/transformer/blocks_1/attn/qkv/kernel: in the "
+     "checkpoint, not in the model"),
+])
+def test_mismatched_encoder_names_the_parameters(tmp_path, change, expected):
+  _pretraining_checkpoint(tmp_path)
+  model_config = tiny_classifier_config("finetune").model
+  model_config.update(change)
+  with pytest.raises(ValueError, match="does not fit") as error:
+    initialization.load_pretrained_encoder(
+        str(tmp_path), _fresh_classifier(model_config), model_config)
+  assert expected in str(error.value)
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+  model_config = tiny_classifier_config("finetune").model
+  with pytest.raises(FileNotFoundError, match="no checkpoint under"):
+    initialization.load_pretrained_encoder(
+        str(tmp_path), _fresh_classifier(model_config), model_config)
+
+
+def test_fine_tuning_at_a_higher_resolution(tmp_path):
+  pretrained = _flat(_pretraining_checkpoint(tmp_path)["encoder"])
+  model_config = tiny_classifier_config("finetune").model
+  model_config.image_size = 32  # 8x8 patches instead of 4x4
+  params = initialization.load_pretrained_encoder(
+      str(tmp_path), _fresh_classifier(model_config), model_config)
+  np.testing.assert_array_equal(params["encoder"]["pos_embed"][0, 1:],
+                                vit.sincos_pos_embed_2d(32, 8, 8))
+  np.testing.assert_array_equal(
+      params["encoder"]["patch_embed"]["kernel"],
+      pretrained["patch_embed/kernel"])
+  logits = models.build_classifier(model_config).apply(
+      {"params": params}, jnp.zeros((2, 32, 32, 3)))
+  assert logits.shape == (2, 10)
+
+
+def test_learned_position_embedding_is_resized_bicubically(tmp_path):
+  model_config = tiny_classifier_config("finetune").model
+  params = _fresh_classifier(model_config)
+  learned = np.random.default_rng(0).normal(size=(1, 17, 32)).astype(
+      np.float32)
+  params["encoder"]["pos_embed"] = learned
+  checkpointing.save_params(
+      str(tmp_path), ml_collections.ConfigDict(
+          {"mode": "finetune", "model": model_config}), params)
+  model_config.image_size = 24  # 6x6 patches
+  loaded = initialization.load_pretrained_encoder(
+      str(tmp_path), _fresh_classifier(model_config), model_config)
+  pos_embed = loaded["encoder"]["pos_embed"]
+  assert pos_embed.shape == (1, 37, 32)
+  np.testing.assert_array_equal(pos_embed[:, 0], learned[:, 0])
+  np.testing.assert_allclose(
+      pos_embed, initialization.resize_pos_embed(learned, (6, 6)))
+
+
+def test_resize_pos_embed_to_the_same_grid_is_the_identity():
+  table = np.random.default_rng(1).normal(size=(1, 1 + 25, 8))
+  np.testing.assert_allclose(initialization.resize_pos_embed(table, (5, 5)),
+                             table, atol=1e-12)
+
+
+def test_resize_pos_embed_matches_torch_bicubic():
+  torch = pytest.importorskip("torch", reason="torch is a test-only extra")
+  table = np.random.default_rng(2).normal(size=(1, 1 + 49, 6)).astype(
+      np.float32)
+  grid = torch.from_numpy(table[0, 1:]).reshape(1, 7, 7, 6).permute(0, 3, 1, 2)
+  expected = torch.nn.functional.interpolate(
+      grid, size=(12, 10), mode="bicubic", align_corners=False)
+  expected = expected.permute(0, 2, 3, 1).reshape(1, 120, 6).numpy()
+  np.testing.assert_allclose(
+      initialization.resize_pos_embed(table, (12, 10))[:, 1:], expected,
+      rtol=1e-5, atol=1e-5)

@@ -1,0 +1,143 @@
+"""The evaluation protocols end to end: frozen parameters stay frozen,
+batch statistics and mixup pairs do not depend on the device count, and
+evaluation counts every example exactly once."""
+
+import json
+import os
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from mae_jax import checkpointing
+from mae_jax import devices as devices_lib
+from mae_jax import models
+from mae_jax import tasks
+from mae_jax import train
+from mae_jax.data import sources
+from mae_jax.data import transforms
+from mae_jax.models import vit
+from testing_utils import tiny_classifier_config, tiny_model
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+  """A pretraining checkpoint (untrained weights suffice here)."""
+  workdir = str(tmp_path_factory.mktemp("pretrain"))
+  model_config = tiny_model()
+  model = models.build(model_config)
+  params = model.init(jax.random.key(3), jnp.zeros((1, 16, 16, 3)),
+                      jnp.zeros((1, 16)))["params"]
+  checkpointing.save_params(workdir, ml_collections.ConfigDict(
+      {"mode": "pretrain", "model": model_config}), jax.device_get(params))
+  return workdir, jax.device_get(params)
+
+
+def _flat(tree):
+  return flax.traverse_util.flatten_dict(tree, sep="/")
+
+
+def _read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_linear_probe_keeps_the_encoder_bit_identical(tmp_path, pretrained):
+  init_from, mae_params = pretrained
+  config = tiny_classifier_config("linear_probe", init_from=init_from)
+  state = train.train_and_evaluate(config, str(tmp_path))
+  encoder = _flat(jax.device_get(state.params["encoder"]))
+  for name, value in _flat(mae_params["encoder"]).items():
+    np.testing.assert_array_equal(encoder[name], value, err_msg=name)
+  fresh = tasks.make_task(config, train.AXIS).init_variables(
+      jax.random.split(jax.random.key(config.seed))[0])
+  assert not np.allclose(state.params["head"]["kernel"],
+                         fresh[0]["head"]["kernel"])
+  assert np.any(state.model_state["batch_stats"]["head_norm"]["mean"] != 0)
+  metrics = _read_metrics(str(tmp_path))
+  assert "eval/top1" in metrics[-1] and "eval/top5" in metrics[-1]
+
+
+def test_partial_fine_tuning_trains_only_the_last_blocks(tmp_path, pretrained):
+  init_from, mae_params = pretrained
+  config = tiny_classifier_config("finetune", init_from=init_from,
+                                  trainable_blocks=1)
+  state = train.train_and_evaluate(config, str(tmp_path))
+  encoder = _flat(jax.device_get(state.params["encoder"]))
+  pretrained_encoder = _flat(mae_params["encoder"])
+  for name, value in encoder.items():
+    if name.startswith("transformer/blocks_1/"):
+      assert not np.array_equal(value, pretrained_encoder[name]), name
+    elif name == "pos_embed":  # not in the checkpoint: the sin-cos table
+      np.testing.assert_array_equal(value[0, 1:],
+                                    vit.sincos_pos_embed_2d(32, 4, 4))
+    else:
+      np.testing.assert_array_equal(value, pretrained_encoder[name],
+                                    err_msg=name)
+
+
+@pytest.mark.parametrize("mode", ["linear_probe", "finetune"])
+def test_same_trajectory_on_one_and_on_eight_devices(tmp_path, mode):
+  # Synchronised BatchNorm statistics (linear probe); mixup/cutmix pairs,
+  # drop path and random erasing keyed by global example (fine-tuning).
+  config = tiny_classifier_config(mode, total_steps=3, log_every_steps=1,
+                                  eval_every_steps=3)
+  config.augment.random_erasing = 0.5
+  one = train.train_and_evaluate(config, str(tmp_path / "one"),
+                                 devices=jax.local_devices()[:1])
+  eight = train.train_and_evaluate(config, str(tmp_path / "eight"))
+  losses_one = [m["train/loss"] for m in _read_metrics(tmp_path / "one")
+                if "train/loss" in m]
+  losses_eight = [m["train/loss"] for m in _read_metrics(tmp_path / "eight")
+                  if "train/loss" in m]
+  assert len(losses_one) == 3
+  np.testing.assert_allclose(losses_one, losses_eight, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
+                                                       atol=1e-6),
+               (one.params, one.model_state), (eight.params, eight.model_state))
+
+
+def test_evaluation_counts_every_example_exactly_once(tmp_path):
+  # 300 test digits in global batches of 64 over 8 devices: the last batch
+  # holds 44 real examples and 20 of padding.
+  config = tiny_classifier_config("finetune", batch_size=64)
+  task = tasks.make_task(config, train.AXIS)
+  state = train.create_train_state(task, config, jax.random.key(0),
+                                   lambda _: 0.0, load_init_from=False)
+  devices = jax.local_devices()
+  scalars = train.Evaluator(task, config, devices)(
+      devices_lib.replicate(state, devices))
+
+  source = sources.DigitsSource("test", 16)
+  images = np.stack([transforms.center_crop(source[i].image, 16)
+                     for i in range(len(source))])
+  labels = np.asarray([source[i].label for i in range(len(source))])
+  logits = task.model.apply({"params": state.params},
+                            transforms.normalize(images))
+  ranks = np.argsort(-np.asarray(logits), axis=1)
+  top1 = 100 * np.mean(ranks[:, 0] == labels)
+  top5 = 100 * np.mean([label in row[:5] for label, row in zip(labels, ranks)])
+  assert scalars["eval/top1"] == pytest.approx(top1, abs=1e-9)
+  assert scalars["eval/top5"] == pytest.approx(top5, abs=1e-9)
+
+
+def test_eval_only_evaluates_the_newest_checkpoint(tmp_path):
+  config = tiny_classifier_config("linear_probe", total_steps=2,
+                                  eval_every_steps=2)
+  train.train_and_evaluate(config, str(tmp_path))
+  trained = _read_metrics(str(tmp_path))[-1]
+  config.eval_only = True
+  train.train_and_evaluate(config, str(tmp_path))
+  evaluated = _read_metrics(str(tmp_path))[-1]
+  assert evaluated["step"] == 2
+  assert evaluated["eval/top1"] == trained["eval/top1"]
+  assert evaluated["eval/top5"] == trained["eval/top5"]
+
+
+def test_eval_only_without_a_checkpoint_is_a_clear_error(tmp_path):
+  config = tiny_classifier_config("finetune", eval_only=True)
+  with pytest.raises(FileNotFoundError, match="no checkpoint under"):
+    train.train_and_evaluate(config, str(tmp_path))
