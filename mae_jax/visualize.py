@@ -1,16 +1,31 @@
 """Reconstruction figures: masked input | reconstruction | reconstruction
-with the visible patches pasted | original, one row per image."""
+with the visible patches pasted | original, one row per image.
 
+Command line, for a user's own image and any checkpoint with a decoder (ours,
+an official `.pth`, a HuggingFace ViTMAE directory):
+  python -m mae_jax.visualize --checkpoint=PATH --image=PATH --out=fig.png
+"""
+
+import argparse
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 from etils import epath
 from PIL import Image
+from PIL import ImageDraw
+from PIL import ImageFont
 
+from mae_jax import convert
 from mae_jax import losses
+from mae_jax import models
 from mae_jax import patches
 from mae_jax.data import transforms
 
 GAP = 2  # white pixels between panels
+PANELS = "masked | reconstruction | reconstruction + visible | original"
+NORM_PIX_NOTE = ("norm-pix predictions shown with each patch's own mean and "
+                 "std, taken from the original image")
 
 
 def prediction_to_pixels(pred: np.ndarray, images: np.ndarray, patch_size: int,
@@ -57,13 +72,110 @@ def reconstruction_figure(images: np.ndarray, pred: np.ndarray,
   return np.round(figure * 255).astype(np.uint8)
 
 
+def _wrap(text: str, font, width: int) -> list[str]:
+  """Greedy word wrap to lines at most `width` pixels wide."""
+  measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+  lines = []
+  for paragraph in text.split("\n"):
+    line = ""
+    for word in paragraph.split():
+      candidate = f"{line} {word}".strip()
+      if line and measure.textlength(candidate, font=font) > width:
+        lines.append(line)
+        candidate = word
+      line = candidate
+    lines.append(line)
+  return lines
+
+
+def _with_title(image: Image.Image, title: str) -> Image.Image:
+  """The image under a white strip with `title` in it, wrapped to fit."""
+  font = ImageFont.load_default()
+  pad = 4
+  lines = _wrap(title, font, image.width - 2 * pad)
+  line_height = font.getbbox("Ag")[3] + 2
+  top = 2 * pad + len(lines) * line_height
+  canvas = Image.new("RGB", (image.width, image.height + top), "white")
+  canvas.paste(image, (0, top))
+  draw = ImageDraw.Draw(canvas)
+  for i, line in enumerate(lines):
+    draw.text((pad, pad + i * line_height), line, fill="black", font=font)
+  return canvas
+
+
 def save_png(figure: np.ndarray, path: str, image_size: int,
-             min_panel: int = 128):
-  """Writes the figure, upscaled (nearest) so each panel is >= min_panel px."""
+             min_panel: int = 128, title: str | None = None):
+  """Writes the figure, upscaled (nearest) so each panel is >= min_panel px,
+  under `title` if one is given."""
   scale = max(1, -(-min_panel // image_size))
   image = Image.fromarray(figure)
   if scale > 1:
     image = image.resize((figure.shape[1] * scale, figure.shape[0] * scale),
                          Image.NEAREST)
+  if title:
+    image = _with_title(image, title)
   with epath.Path(path).open("wb") as f:
     image.save(f, format="PNG")
+
+
+def reconstruct(model_config, params, image: np.ndarray, seed: int = 0):
+  """One uint8 image (H, W, 3), centre-cropped to the model's size ->
+  (figure, loss on the masked patches), masked with `model_config`'s ratio."""
+  crop = transforms.center_crop(image, model_config.image_size)
+  images = transforms.normalize(crop[None])
+  grid = patches.grid_size(model_config.image_size, model_config.patch_size)
+  noise = jax.random.uniform(jax.random.key(seed), (1, grid * grid))
+  output = jax.jit(models.build(model_config).apply)({"params": params},
+                                                     images, noise)
+  figure = reconstruction_figure(images, output.pred, output.mask,
+                                 model_config.patch_size,
+                                 model_config.norm_pix_loss)
+  return figure, float(output.loss)
+
+
+def main(argv: list[str] | None = None):
+  parser = argparse.ArgumentParser(
+      prog="python -m mae_jax.visualize",
+      description="Masks a random part of your image and shows the MAE's "
+      f"reconstruction: {PANELS}.")
+  parser.add_argument("--checkpoint", required=True,
+                      help="a checkpoint of ours, an official .pth with its "
+                      "decoder (mae_visualize_*.pth) or a HuggingFace "
+                      "ViTMAE directory")
+  parser.add_argument("--image", required=True,
+                      help="any image PIL reads; resized and centre-cropped "
+                      "to the model's size")
+  parser.add_argument("--out", required=True, help="the PNG to write")
+  parser.add_argument("--mask_ratio", type=float, default=0.75)
+  parser.add_argument("--seed", type=int, default=0,
+                      help="which patches are masked")
+  parser.add_argument("--model", default=None,
+                      help="official .pth only: 'base/16', 'large/16', "
+                      "'huge/14' (default: read from the tensors)")
+  parser.add_argument("--norm_pix_loss", action=argparse.BooleanOptionalAction,
+                      default=None,
+                      help="whether the decoder predicts normalised patches, "
+                      "when the checkpoint does not say (official .pth: no)")
+  args = parser.parse_args(argv)
+  config, params = convert.load(args.checkpoint, args.model)
+  if config.mode != "pretrain" or "decoder" not in params:
+    raise ValueError(
+        f"{args.checkpoint} has no decoder (a classifier or a pretrained "
+        "encoder alone): reconstructions need an MAE with its decoder, e.g. "
+        "the official mae_visualize_*.pth or HuggingFace facebook/vit-mae-*")
+  config.model.mask_ratio = args.mask_ratio
+  if args.norm_pix_loss is not None:
+    config.model.norm_pix_loss = args.norm_pix_loss
+  with epath.Path(args.image).open("rb") as f:
+    image = np.asarray(Image.open(f).convert("RGB"))
+  figure, loss = reconstruct(config.model, params, image, args.seed)
+  title = (f"{epath.Path(args.checkpoint).name}, {args.mask_ratio:.0%} of "
+           f"the patches masked: {PANELS}")
+  if config.model.norm_pix_loss:
+    title += f"\n{NORM_PIX_NOTE}"
+  save_png(figure, args.out, config.model.image_size, title=title)
+  print(f"Wrote {args.out}; loss on the masked patches {loss:.4f}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,8 +1,13 @@
 import jax
+import ml_collections
 import numpy as np
+import pytest
 from PIL import Image
 
+from mae_jax import checkpointing
+from mae_jax import convert
 from mae_jax import losses
+from mae_jax import models
 from mae_jax import patches
 from mae_jax import visualize
 from mae_jax.data import transforms
@@ -71,3 +76,63 @@ def test_figure_matches_model_output_shapes():
   figure = visualize.reconstruction_figure(
       images, np.zeros((3, 16, 48)), mask, 4, norm_pix=True)
   assert figure.shape == (3 * 18 - 2, 4 * 18 - 2, 3)
+
+
+def test_title_is_drawn_above_the_panels(tmp_path):
+  figure = np.full((18, 38, 3), 100, np.uint8)
+  plain, titled = str(tmp_path / "plain.png"), str(tmp_path / "titled.png")
+  visualize.save_png(figure, plain, image_size=8, min_panel=100)
+  visualize.save_png(figure, titled, image_size=8, min_panel=100,
+                     title="a title long enough to be wrapped " * 8)
+  with Image.open(plain) as p, Image.open(titled) as t:
+    plain, titled = np.asarray(p), np.asarray(t)
+  top = titled.shape[0] - plain.shape[0]
+  assert top > 30  # several lines
+  np.testing.assert_array_equal(titled[top:], plain)
+  assert (titled[:top] < 128).any()  # dark text on white
+
+
+def _photo(path, height=40, width=56):
+  pixels = np.random.RandomState(0).randint(0, 256, (height, width, 3))
+  Image.fromarray(pixels.astype(np.uint8)).save(path)
+  return str(path)
+
+
+def _small_mae(norm_pix_loss):
+  config = convert.mae_config(
+      image_size=16, patch_size=4, width=32, depth=1, num_heads=2, mlp_dim=64,
+      decoder_width=32, decoder_depth=1, decoder_num_heads=2,
+      decoder_mlp_dim=64, norm_pix_loss=norm_pix_loss)
+  params = jax.jit(models.build(config).init)(
+      jax.random.key(0), np.zeros((1, 16, 16, 3), np.float32),
+      np.zeros((1, 16), np.float32))["params"]
+  return config, params
+
+
+def test_cli_reconstructs_a_users_image_from_hf_and_our_checkpoints(tmp_path):
+  config, params = _small_mae(norm_pix_loss=True)
+  convert.save_hf_vitmae(config, params, str(tmp_path / "hf"))
+  checkpointing.save_params(str(tmp_path / "ours"), ml_collections.ConfigDict(
+      dict(model=config, mode="pretrain")), params)
+  image = _photo(tmp_path / "photo.jpg")
+  figures = []
+  for source in ("hf", "ours"):
+    out = tmp_path / f"{source}.png"
+    visualize.main([f"--checkpoint={tmp_path / source}", f"--image={image}",
+                    "--mask_ratio=0.5", f"--out={out}"])
+    with Image.open(out) as figure:
+      figures.append(np.asarray(figure))
+  np.testing.assert_array_equal(figures[0][-128:], figures[1][-128:])
+  # One row of four 16-pixel panels, upscaled 8x, under a title.
+  assert figures[0].shape[1] == (4 * 16 + 3 * visualize.GAP) * 8
+  assert figures[0].shape[0] > 16 * 8
+
+
+def test_cli_refuses_a_checkpoint_without_decoder(tmp_path):
+  config, params = _small_mae(norm_pix_loss=False)
+  checkpointing.save_params(str(tmp_path / "ours"), ml_collections.ConfigDict(
+      dict(model=config, mode="pretrain")), {"encoder": params["encoder"]})
+  with pytest.raises(ValueError, match="has no decoder"):
+    visualize.main([f"--checkpoint={tmp_path / 'ours'}",
+                    f"--image={_photo(tmp_path / 'photo.png')}",
+                    f"--out={tmp_path / 'fig.png'}"])

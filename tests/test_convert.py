@@ -1,0 +1,502 @@
+"""Import/export of official MAE and HuggingFace ViTMAE weights, and numerical
+parity with the PyTorch models (the acceptance test of issue 4).
+
+The parity tests need torch and transformers (requirements-test.txt) and are
+skipped, saying so, without them; the rest needs neither.
+"""
+
+import argparse
+import functools
+import importlib.util
+import json
+import sys
+
+import chex
+import jax
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from configs import common
+from mae_jax import checkpointing
+from mae_jax import convert
+from mae_jax import models
+
+HAVE_TORCH = all(importlib.util.find_spec(name) is not None
+                 for name in ("torch", "transformers"))
+needs_torch = pytest.mark.skipif(
+    not HAVE_TORCH, reason="the parity tests need torch and transformers: "
+    "pip install -r requirements-test.txt")
+
+# Deliberately not square-number friendly: a 6x6 grid, 9 visible patches,
+# an MLP that is not 4x the width, heads of 24 and 16 channels.
+SIZES = dict(image_size=48, patch_size=8, width=96, depth=3, num_heads=4,
+             mlp_dim=200, decoder_width=64, decoder_depth=2,
+             decoder_num_heads=4, decoder_mlp_dim=112)
+BATCH = 3
+NUM_PATCHES = 36
+ATOL = 1e-5
+
+
+def _small_config(**overrides):
+  config = convert.mae_config(**SIZES, norm_pix_loss=False)
+  config.dtype = "float32"
+  config.update(overrides)
+  return config
+
+
+def _inputs(seed=0):
+  """Normalised NHWC images and masking noise, as numpy float32."""
+  rng = np.random.RandomState(seed)
+  images = rng.randn(BATCH, 48, 48, 3).astype(np.float32)
+  return images, rng.rand(BATCH, NUM_PATCHES).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def _random_params(seed=0):
+  """Parameters of our MAE of `SIZES`, with no parameter left at a trivial
+  value (ones, zeros), so that every transpose and permutation shows."""
+  images, noise = _inputs()
+  params = jax.jit(models.build(_small_config()).init)(
+      jax.random.key(seed), images, noise)["params"]
+  rng = np.random.RandomState(seed)
+  return jax.tree.map(
+      lambda x: (x + 0.1 * rng.randn(*x.shape)).astype(np.float32), params)
+
+
+def _official_sincos(width, grid):
+  """util/pos_embed.py's get_2d_sincos_pos_embed(cls_token=True), rewritten
+  independently of ours: float32 numpy, meshgrid with w first."""
+  omega = 1.0 / 10000 ** (np.arange(width // 4, dtype=np.float32) /
+                          np.float32(width / 4))
+  coords = np.meshgrid(np.arange(grid, dtype=np.float32),
+                       np.arange(grid, dtype=np.float32))
+
+  def embed(pos):
+    angles = np.einsum("m,d->md", pos.reshape(-1), omega)
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+  table = np.concatenate([embed(coords[0]), embed(coords[1])], axis=1)
+  return np.concatenate([np.zeros((1, width)), table])[None].astype(np.float32)
+
+
+def test_converted_config_has_every_field_of_the_recipe():
+  assert set(convert.mae_config(**SIZES)) == set(common.mae_model("base/16"))
+  classifier = convert.classifier_config(
+      image_size=48, patch_size=8, width=96, depth=3, num_heads=4,
+      mlp_dim=200, num_classes=5, pooling="gap")
+  assert set(classifier) == set(common.classifier_model("base/16"))
+  classifier.dtype = "float32"
+  assert convert.mode_of(classifier) == "finetune"
+  shapes = convert.expected_shapes(classifier)
+  assert shapes["encoder/pos_embed"] == (1, 1 + NUM_PATCHES, 96)
+  assert shapes["head/kernel"] == (96, 5)
+
+
+def test_hf_export_and_import_are_exact_without_torch(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` fails
+  config = _small_config(norm_pix_loss=True, mask_ratio=0.6)
+  params = _random_params()
+  convert.save_hf_vitmae(config, params, str(tmp_path))
+  loaded_config, loaded = convert.load_hf_vitmae(str(tmp_path))
+  chex.assert_trees_all_equal(loaded, params)
+  assert loaded_config.norm_pix_loss and loaded_config.mask_ratio == 0.6
+  assert {k: loaded_config[k] for k in SIZES} == SIZES
+
+
+def _hf_dir(tmp_path, config=None):
+  config = config or _small_config()
+  convert.save_hf_vitmae(config, _random_params(), str(tmp_path))
+  return tmp_path
+
+
+def _edit_weights(directory, edit):
+  path = directory / "model.safetensors"
+  state = safetensors.numpy.load_file(str(path))
+  edit(state)
+  safetensors.numpy.save_file(state, str(path), metadata={"format": "pt"})
+
+
+def test_missing_and_unknown_tensors_are_listed(tmp_path):
+  directory = _hf_dir(tmp_path)
+
+  def edit(state):
+    del state["vit.encoder.layer.1.attention.attention.key.bias"]
+    state["vit.encoder.layer.3.layernorm_before.weight"] = np.ones(96)
+
+  _edit_weights(directory, edit)
+  with pytest.raises(ValueError) as error:
+    convert.load_hf_vitmae(str(directory))
+  message = str(error.value)
+  assert "missing (1): vit.encoder.layer.1.attention.attention.key.bias" in (
+      message)
+  assert "unknown (1): vit.encoder.layer.3.layernorm_before.weight" in message
+
+
+def test_shape_mismatch_names_the_tensor(tmp_path):
+  directory = _hf_dir(tmp_path)
+  hf_config = json.loads((directory / "config.json").read_text())
+  hf_config["intermediate_size"] = 256
+  (directory / "config.json").write_text(json.dumps(hf_config))
+  with pytest.raises(ValueError) as error:
+    convert.load_hf_vitmae(str(directory))
+  message = str(error.value)
+  assert ("vit.encoder.layer.0.intermediate.dense.weight (200, 96) -> "
+          "encoder/transformer/blocks_0/mlp/fc1/kernel (96, 200); the model "
+          "config needs (96, 256)") in message
+  assert "vit.encoder.layer.2.output.dense.weight" in message
+
+
+def test_position_embedding_other_than_sincos_is_refused(tmp_path):
+  directory = _hf_dir(tmp_path)
+
+  def edit(state):
+    table = state["decoder.decoder_pos_embed"]
+    state["decoder.decoder_pos_embed"] = table[:, :, ::-1].copy()
+
+  _edit_weights(directory, edit)
+  with pytest.raises(ValueError, match="decoder.decoder_pos_embed is not the "
+                     "fixed 2-D sin-cos position embedding"):
+    convert.load_hf_vitmae(str(directory))
+
+
+def test_our_sincos_table_is_the_official_one():
+  for width, grid in ((96, 6), (768, 14), (1280, 16)):
+    np.testing.assert_allclose(convert._fixed_table(width, grid),
+                               _official_sincos(width, grid), atol=2e-5)
+
+
+def test_pth_without_torch_asks_for_pip_install_torch(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "torch", None)
+  path = tmp_path / "mae_pretrain_vit_base.pth"
+  path.write_bytes(b"not read")
+  with pytest.raises(ImportError, match="needs torch: pip install torch"):
+    convert.load_official_mae(str(path))
+
+
+def test_cli_writes_our_checkpoint_and_exports_it_back(tmp_path, capsys):
+  config = _small_config(norm_pix_loss=True)
+  params = _random_params()
+  convert.save_hf_vitmae(config, params, str(tmp_path / "hf"))
+  convert.main([f"--src={tmp_path / 'hf'}", f"--dst={tmp_path / 'ours'}"])
+  assert "mode=pretrain" in capsys.readouterr().out
+  stored_config, stored = checkpointing.load_params(str(tmp_path / "ours"))
+  assert stored_config.mode == "pretrain"
+  assert stored_config.model.norm_pix_loss
+  chex.assert_trees_all_equal(stored, params)
+  convert.main([f"--src={tmp_path / 'ours'}", f"--dst={tmp_path / 'back'}",
+                "--format=hf"])
+  _, back = convert.load_hf_vitmae(str(tmp_path / "back"))
+  chex.assert_trees_all_equal(back, stored)
+
+
+@needs_torch
+def test_hf_weights_in_shards_or_in_pytorch_model_bin_load_the_same(tmp_path):
+  import torch  # pylint: disable=g-import-not-at-top
+  directory = _hf_dir(tmp_path)
+  _, expected = convert.load_hf_vitmae(str(directory))
+  state = safetensors.numpy.load_file(str(directory / "model.safetensors"))
+  (directory / "model.safetensors").unlink()
+  names = sorted(state)
+  shards = {"model-1.safetensors": names[::2], "model-2.safetensors":
+            names[1::2]}
+  for shard, keys in shards.items():
+    safetensors.numpy.save_file({k: state[k] for k in keys},
+                                str(directory / shard))
+  index = directory / "model.safetensors.index.json"
+  index.write_text(json.dumps({"weight_map": {
+      k: shard for shard, keys in shards.items() for k in keys}}))
+  chex.assert_trees_all_equal(convert.load_hf_vitmae(str(directory))[1],
+                              expected)
+  for path in (index, *(directory / shard for shard in shards)):
+    path.unlink()
+  torch.save({k: torch.from_numpy(v) for k, v in state.items()},
+             str(directory / "pytorch_model.bin"))
+  chex.assert_trees_all_equal(convert.load_hf_vitmae(str(directory))[1],
+                              expected)
+
+
+# ------------------------------------------------- parity with PyTorch
+
+
+def _hf_config(norm_pix_loss):
+  import transformers  # pylint: disable=g-import-not-at-top
+  return transformers.ViTMAEConfig(
+      image_size=48, patch_size=8, hidden_size=96, num_hidden_layers=3,
+      num_attention_heads=4, intermediate_size=200, decoder_hidden_size=64,
+      decoder_num_hidden_layers=2, decoder_num_attention_heads=4,
+      decoder_intermediate_size=112, mask_ratio=0.75,
+      norm_pix_loss=norm_pix_loss)
+
+
+@pytest.fixture(scope="module")
+def hf_dirs(tmp_path_factory):
+  """A random ViTMAEForPreTraining saved by transformers, with norm_pix_loss
+  off and on: {False: dir, True: dir}."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  model = transformers.ViTMAEForPreTraining(_hf_config(False)).eval()
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if name.endswith(("position_embeddings", "decoder_pos_embed")):
+        # transformers 5 leaves these zero in a fresh model; a pretrained
+        # one holds the official table.
+        p.copy_(torch.from_numpy(_official_sincos(p.shape[-1], 6)))
+      elif p.dim() >= 2 and "token" not in name:
+        p.copy_(torch.randn(p.shape) * p[0].numel() ** -0.5)
+      else:  # biases, LayerNorm scales, cls and mask tokens
+        p.add_(0.3 * torch.randn(p.shape))
+  dirs = {}
+  for norm_pix in (False, True):
+    model.config.norm_pix_loss = norm_pix
+    dirs[norm_pix] = tmp_path_factory.mktemp(f"hf_norm_pix_{norm_pix}")
+    model.save_pretrained(str(dirs[norm_pix]))
+  return dirs
+
+
+def _hf_forward(model, images, noise):
+  import torch  # pylint: disable=g-import-not-at-top
+  with torch.no_grad():
+    return model(torch.from_numpy(images.transpose(0, 3, 1, 2)),
+                 noise=torch.from_numpy(noise))
+
+
+def _ours(config, params, images, noise):
+  return jax.jit(models.build(config).apply)({"params": params}, images, noise)
+
+
+def _assert_outputs_match(ours, theirs):
+  np.testing.assert_array_equal(np.asarray(ours.mask), theirs.mask.numpy())
+  np.testing.assert_allclose(ours.pred, theirs.logits.numpy(), atol=ATOL,
+                             rtol=ATOL)
+  np.testing.assert_allclose(ours.loss, theirs.loss.item(), atol=ATOL,
+                             rtol=ATOL)
+
+
+@needs_torch
+@pytest.mark.parametrize("norm_pix_loss", [False, True])
+def test_pretraining_matches_hf_vitmae(hf_dirs, norm_pix_loss):
+  import transformers  # pylint: disable=g-import-not-at-top
+  config, params = convert.load_hf_vitmae(str(hf_dirs[norm_pix_loss]))
+  assert config.norm_pix_loss == norm_pix_loss
+  assert config.layer_norm_eps == 1e-12  # HuggingFace's, read from the file
+  config.dtype = "float32"
+  images, noise = _inputs()
+  ours = _ours(config, params, images, noise)
+  theirs = _hf_forward(transformers.ViTMAEForPreTraining.from_pretrained(
+      hf_dirs[norm_pix_loss]).eval(), images, noise)
+  assert float(ours.mask.sum()) == BATCH * (NUM_PATCHES - 9)
+  _assert_outputs_match(ours, theirs)
+
+
+@needs_torch
+def test_encoder_features_match_hf_vitmae(hf_dirs):
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  config, params = convert.load_hf_vitmae(str(hf_dirs[False]))
+  config.dtype = "float32"
+  images, noise = _inputs(seed=1)
+  pixels = torch.from_numpy(images.transpose(0, 3, 1, 2))
+  # The masked encoder, as in pretraining: cls + visible tokens.
+  latent, _, _ = models.build(config).apply(
+      {"params": params}, images, noise, method=lambda m, x, n: m.encode(x, n))
+  with torch.no_grad():
+    theirs = transformers.ViTMAEModel.from_pretrained(hf_dirs[False]).eval()(
+        pixels, noise=torch.from_numpy(noise)).last_hidden_state.numpy()
+  np.testing.assert_allclose(latent, theirs, atol=ATOL, rtol=ATOL)
+  # Every patch: no masking, and noise that keeps the image order.
+  encoder = models.VisionEncoder(config.patch_size, config.width, config.depth,
+                                 config.num_heads, config.mlp_dim,
+                                 config.layer_norm_eps)
+  tokens = encoder.apply({"params": params["encoder"]}, images)
+  with torch.no_grad():
+    theirs = transformers.ViTMAEModel.from_pretrained(
+        hf_dirs[False], mask_ratio=0.0).eval()(
+            pixels, noise=torch.arange(NUM_PATCHES, dtype=torch.float32)
+            .repeat(BATCH, 1)).last_hidden_state.numpy()
+  np.testing.assert_allclose(tokens[:, 0], theirs[:, 0], atol=ATOL, rtol=ATOL)
+  np.testing.assert_allclose(tokens[:, 1:].mean(1), theirs[:, 1:].mean(1),
+                             atol=ATOL, rtol=ATOL)
+  np.testing.assert_allclose(tokens, theirs, atol=ATOL, rtol=ATOL)
+
+
+@needs_torch
+@pytest.mark.parametrize("norm_pix_loss", [False, True])
+def test_export_loads_in_transformers_and_computes_the_same(tmp_path,
+                                                            norm_pix_loss):
+  import transformers  # pylint: disable=g-import-not-at-top
+  config = _small_config(norm_pix_loss=norm_pix_loss)
+  params = _random_params(seed=3)
+  convert.save_hf_vitmae(config, params, str(tmp_path))
+  model, info = transformers.ViTMAEForPreTraining.from_pretrained(
+      tmp_path, output_loading_info=True)
+  assert not any(info.values()), info  # no missing or unexpected keys
+  images, noise = _inputs(seed=2)
+  _assert_outputs_match(_ours(config, params, images, noise),
+                        _hf_forward(model.eval(), images, noise))
+
+
+# ------------------------------------------- official checkpoints (.pth)
+
+
+def _official_block(layer, prefix):
+  """A transformers 5 ViTMAELayer under the names of timm's Block."""
+  import torch  # pylint: disable=g-import-not-at-top
+  attn = layer.attention
+  qkv = (attn.q_proj, attn.k_proj, attn.v_proj)
+  return {
+      f"{prefix}.norm1.weight": layer.layernorm_before.weight,
+      f"{prefix}.norm1.bias": layer.layernorm_before.bias,
+      f"{prefix}.attn.qkv.weight": torch.cat([x.weight for x in qkv]),
+      f"{prefix}.attn.qkv.bias": torch.cat([x.bias for x in qkv]),
+      f"{prefix}.attn.proj.weight": attn.o_proj.weight,
+      f"{prefix}.attn.proj.bias": attn.o_proj.bias,
+      f"{prefix}.norm2.weight": layer.layernorm_after.weight,
+      f"{prefix}.norm2.bias": layer.layernorm_after.bias,
+      f"{prefix}.mlp.fc1.weight": layer.mlp.fc1.weight,
+      f"{prefix}.mlp.fc1.bias": layer.mlp.fc1.bias,
+      f"{prefix}.mlp.fc2.weight": layer.mlp.fc2.weight,
+      f"{prefix}.mlp.fc2.bias": layer.mlp.fc2.bias,
+  }
+
+
+def _official_state(hf_dir):
+  """The HuggingFace model's weights under models_mae.py's names."""
+  import transformers  # pylint: disable=g-import-not-at-top
+  model = transformers.ViTMAEForPreTraining.from_pretrained(hf_dir)
+  vit, decoder = model.vit, model.decoder
+  state = {
+      "cls_token": vit.embeddings.cls_token,
+      "pos_embed": vit.embeddings.position_embeddings,
+      "patch_embed.proj.weight": vit.embeddings.patch_embeddings.projection
+      .weight,
+      "patch_embed.proj.bias": vit.embeddings.patch_embeddings.projection.bias,
+      "norm.weight": vit.layernorm.weight, "norm.bias": vit.layernorm.bias,
+      "decoder_embed.weight": decoder.decoder_embed.weight,
+      "decoder_embed.bias": decoder.decoder_embed.bias,
+      "mask_token": decoder.mask_token,
+      "decoder_pos_embed": decoder.decoder_pos_embed,
+      "decoder_norm.weight": decoder.decoder_norm.weight,
+      "decoder_norm.bias": decoder.decoder_norm.bias,
+      "decoder_pred.weight": decoder.decoder_pred.weight,
+      "decoder_pred.bias": decoder.decoder_pred.bias,
+  }
+  for i, layer in enumerate(vit.layers):
+    state.update(_official_block(layer, f"blocks.{i}"))
+  for i, layer in enumerate(decoder.decoder_layers):
+    state.update(_official_block(layer, f"decoder_blocks.{i}"))
+  return {k: v.detach().clone() for k, v in state.items()}
+
+
+def _save_pth(path, state, **extra):
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.save({"model": state, **extra}, str(path))
+  return str(path)
+
+
+@needs_torch
+def test_official_pretraining_checkpoints_load_as_the_same_model(hf_dirs,
+                                                                  tmp_path):
+  config, hf_params = convert.load_hf_vitmae(str(hf_dirs[False]))
+  state = _official_state(hf_dirs[False])
+  # A training checkpoint of the official code also holds its arguments.
+  path = _save_pth(tmp_path / "checkpoint-799.pth", state, epoch=799,
+                   args=argparse.Namespace(model="mae_vit_small"))
+  official_config, params = convert.load_official_mae(
+      path, num_heads=4, decoder_num_heads=4, norm_pix_loss=True)
+  chex.assert_trees_all_equal(params, hf_params)
+  assert {k: official_config[k] for k in SIZES} == SIZES
+  assert official_config.norm_pix_loss
+  assert official_config.layer_norm_eps == 1e-6  # the official models'
+
+  encoder_only = {k: v for k, v in state.items()
+                  if not k.startswith(("decoder", "mask_token"))}
+  _, params = convert.load_official_mae(
+      _save_pth(tmp_path / "encoder.pth", encoder_only), num_heads=4)
+  chex.assert_trees_all_equal(params, {"encoder": hf_params["encoder"]})
+
+  with pytest.raises(ValueError, match="not one of the standard sizes"):
+    convert.load_official_mae(path)
+  with pytest.raises(ValueError) as error:
+    convert.load_official_mae(path, "small/8")  # 384 wide, 12 blocks
+  assert "missing (108): blocks.3.attn.proj.bias" in str(error.value)
+
+
+def _torch_official_classifier(state, images, num_heads):
+  """models_vit.VisionTransformer (timm 0.3.2 blocks) plus the linear
+  probe's BatchNorm head, written out in torch."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch.nn import functional as F  # pylint: disable=g-import-not-at-top
+  t = state
+  width = t["cls_token"].shape[-1]
+  x = F.conv2d(torch.from_numpy(images.transpose(0, 3, 1, 2)),
+               t["patch_embed.proj.weight"], t["patch_embed.proj.bias"],
+               stride=t["patch_embed.proj.weight"].shape[-1])
+  x = x.flatten(2).transpose(1, 2)
+  x = torch.cat([t["cls_token"].expand(len(x), -1, -1), x], 1) + t["pos_embed"]
+  b, n, _ = x.shape
+
+  def norm(x, name):
+    return F.layer_norm(x, (width,), t[f"{name}.weight"], t[f"{name}.bias"],
+                        1e-6)
+
+  def linear(x, name):
+    return F.linear(x, t[f"{name}.weight"], t[f"{name}.bias"])
+
+  i = 0
+  while f"blocks.{i}.norm1.weight" in t:
+    block = f"blocks.{i}"
+    qkv = linear(norm(x, f"{block}.norm1"), f"{block}.attn.qkv")
+    q, k, v = qkv.reshape(b, n, 3, num_heads, -1).permute(2, 0, 3, 1, 4)
+    attn = (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1)
+    x = x + linear((attn @ v).transpose(1, 2).reshape(b, n, width),
+                   f"{block}.attn.proj")
+    hidden = F.gelu(linear(norm(x, f"{block}.norm2"), f"{block}.mlp.fc1"))
+    x = x + linear(hidden, f"{block}.mlp.fc2")
+    i += 1
+  if "fc_norm.weight" in t:
+    features = norm(x[:, 1:].mean(1), "fc_norm")
+  else:
+    features = norm(x, "norm")[:, 0]
+  if "head.1.weight" in t:
+    features = F.batch_norm(features, t["head.0.running_mean"],
+                            t["head.0.running_var"], training=False, eps=1e-6)
+    return linear(features, "head.1").numpy()
+  return linear(features, "head").numpy()
+
+
+@needs_torch
+@pytest.mark.parametrize("head", ["finetuned_gap", "linear_probe_cls"])
+def test_official_classifier_matches_torch_reference(hf_dirs, tmp_path, head):
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(1)
+  state = {k: v for k, v in _official_state(hf_dirs[False]).items()
+           if k.startswith(("cls_token", "patch_embed", "blocks", "norm",
+                            "pos_embed"))}
+  state["pos_embed"] = state["pos_embed"] + 0.3 * torch.randn(1, 37, 96)
+  if head == "finetuned_gap":
+    del state["norm.weight"], state["norm.bias"]
+    state.update({"fc_norm.weight": 1 + 0.3 * torch.randn(96),
+                  "fc_norm.bias": 0.3 * torch.randn(96),
+                  "head.weight": torch.randn(7, 96) * 0.1,
+                  "head.bias": torch.randn(7)})
+  else:
+    state.update({"head.0.running_mean": torch.randn(96),
+                  "head.0.running_var": torch.rand(96) + 0.5,
+                  "head.0.num_batches_tracked": torch.tensor(1000),
+                  "head.1.weight": torch.randn(7, 96) * 0.1,
+                  "head.1.bias": torch.randn(7)})
+  run_config, params = convert.load(
+      _save_pth(tmp_path / f"{head}.pth", state), num_heads=4)
+  assert run_config.mode == "finetune"
+  config = run_config.model
+  assert config.num_classes == 7 and config.learned_pos_embed
+  assert config.pooling == ("gap" if head == "finetuned_gap" else "cls")
+  config.dtype = "float32"
+  images, _ = _inputs(seed=4)
+  logits = jax.jit(models.build_classifier(config).apply)({"params": params},
+                                                          images)
+  np.testing.assert_allclose(
+      logits, _torch_official_classifier(state, images, num_heads=4),
+      atol=ATOL, rtol=ATOL)
