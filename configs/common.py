@@ -141,6 +141,10 @@ def _classification_config(mode: str, model: ml_collections.ConfigDict,
       mixup_alpha=0.0,
       cutmix_alpha=0.0,
       switch_prob=0.5,  # with both alphas > 0: cutmix with this probability
+      # One mixup/cutmix draw per group of this many consecutive examples
+      # (the reference: one per GPU batch of 32); must divide the per-device
+      # micro-batch.
+      mix_group_size=32,
       label_smoothing=0.0,
       random_erasing=0.0,  # per-image probability (timm 'pixel' mode)
   ))

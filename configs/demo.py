@@ -22,3 +22,19 @@ def get_config():
   config.checkpoint_every_steps = 500
   config.figure_every_steps = 500
   return config
+
+
+def adapt_classifier(config):
+  """A linear-probe or fine-tuning config -> the demo's encoder on digits,
+  so that `--config.init_from=<demo workdir>` fits."""
+  pretrain = get_config()
+  config.model.update(
+      {k: v for k, v in pretrain.model.items() if k in config.model},
+      num_classes=10)
+  config.data.update(source="digits", name="digits", split="train",
+                     eval_split="test", crop_scale=(0.5, 1.0),
+                     horizontal_flip=False)
+  config.batch_size = 128
+  config.log_every_steps = 50
+  config.eval_every_steps = 200
+  return config

@@ -15,6 +15,7 @@ The reference erases in its per-image transform, so a step calls
 `random_erasing` before `mixup_or_cutmix`.
 """
 
+import functools
 import math
 
 import jax
@@ -172,3 +173,33 @@ def random_erasing(keys: jax.Array, images: jnp.ndarray,
     raise ValueError(f"random_erasing needs one key per image; got "
                      f"{keys.shape[0]} keys for {images.shape[0]} images")
   return jax.vmap(_erase_one, in_axes=(0, 0, None))(keys, images, prob)
+
+
+def mixup_or_cutmix_in_groups(rng: jax.Array, images: jnp.ndarray,
+                              labels: jnp.ndarray, example_ids: jnp.ndarray,
+                              num_classes: int, *, group_size: int,
+                              **mix_options) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """`mixup_or_cutmix` with one draw per group of `group_size` examples.
+
+  The reference draws once per GPU batch (32 images in the official
+  fine-tuning), so a large global batch sees many lambdas and boxes per
+  step. Here group g holds the examples with global ids [g*G, (g+1)*G) and
+  draws from `rng` folded with g: the same groups and draws whatever the
+  device count, provided each device's batch is whole groups (consecutive
+  ids, `group_size` dividing it).
+  """
+  b = images.shape[0]
+  if b % group_size or group_size % 2:
+    raise ValueError(
+        f"mixup/cutmix draws once per group of {group_size} examples, which "
+        f"must be even and divide the per-device batch ({b}); set "
+        "--config.augment.mix_group_size to an even divisor of it")
+  groups = b // group_size
+  group_keys = jax.vmap(lambda g: jax.random.fold_in(rng, g))(
+      example_ids[::group_size] // group_size)
+  mix = functools.partial(mixup_or_cutmix, num_classes=num_classes,
+                          **mix_options)
+  mixed, targets = jax.vmap(mix)(
+      group_keys, images.reshape((groups, group_size) + images.shape[1:]),
+      labels.reshape(groups, group_size))
+  return mixed.reshape(images.shape), targets.reshape(b, num_classes)

@@ -225,13 +225,21 @@ class Checkpointer:
     """
     for step in sorted(self.all_steps(), reverse=True):
       try:
-        stored = _plain(self.stored_config(step).model.to_dict())
+        stored_config = self.stored_config(step)
+        stored = _plain(stored_config.model.to_dict())
         break
       except Exception as e:  # pylint: disable=broad-except
         logging.warning("Cannot read the config of step %d in %s (%s)", step,
                         self.directory, e)
     else:
       return
+    stored_mode = stored_config.get("mode", config.mode)
+    if stored_mode != config.mode:
+      hint = (" To start from it, pass it as --config.init_from and use a new "
+              "--workdir." if stored_mode == "pretrain" else "")
+      raise ValueError(
+          f"{self.directory} holds a {stored_mode} run (step {step}), not a "
+          f"{config.mode} run.{hint} Resuming would overwrite that run.")
     current = _plain(config.model.to_dict())
     differences = [f"model.{k}: checkpoint {stored[k]!r} vs config "
                    f"{current[k]!r}" for k in sorted(set(stored) & set(current))

@@ -77,9 +77,10 @@ class ClassificationTask:
     # The reference erases per image (in its transform), then mixes batches.
     if aug.random_erasing > 0:
       images = augment.random_erasing(erase_keys, images, aug.random_erasing)
-    images, targets = augment.mixup_or_cutmix(
+    images, targets = augment.mixup_or_cutmix_in_groups(
         jax.random.fold_in(batch_rng, step), images, batch["label"],
-        self.num_classes, mixup_alpha=aug.mixup_alpha,
+        batch["example_id"], self.num_classes,
+        group_size=aug.mix_group_size, mixup_alpha=aug.mixup_alpha,
         cutmix_alpha=aug.cutmix_alpha, switch_prob=aug.switch_prob,
         label_smoothing=aug.label_smoothing)
     logits, updates = self.model.apply(
@@ -95,13 +96,21 @@ class ClassificationTask:
     """Correct top-1/top-5 predictions and examples, padding excluded."""
     images = transforms.normalize(batch["image"], xp=jnp)
     logits = self.model.apply(self._variables(params, model_state), images)
-    # Rank of the true class = how many classes score higher.
-    true_logit = jnp.take_along_axis(logits, batch["label"][:, None], axis=1)
-    rank = jnp.sum(logits > true_logit, axis=1)
     valid = batch["mask"]
-    return {"top1": jnp.sum((rank < 1) * valid),
-            "top5": jnp.sum((rank < min(5, self.num_classes)) * valid),
+    return {"top1": jnp.sum(in_top_k(logits, batch["label"], 1) * valid),
+            "top5": jnp.sum(in_top_k(logits, batch["label"], 5) * valid),
             "count": jnp.sum(valid)}
+
+
+def in_top_k(logits: jnp.ndarray, labels: jnp.ndarray, k: int) -> jnp.ndarray:
+  """(B,) whether the true class is among the k highest logits.
+
+  The true class's rank is how many other classes score at least as high:
+  ties count against the model, and a NaN logit is never correct.
+  """
+  true_logit = jnp.take_along_axis(logits, labels[:, None], axis=1)
+  rank = jnp.sum(~(logits < true_logit), axis=1) - 1
+  return rank < k
 
 
 def make_task(config: ml_collections.ConfigDict, axis_name: str):

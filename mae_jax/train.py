@@ -98,12 +98,15 @@ def validate_config(config: ml_collections.ConfigDict, process_count: int,
   if config.mode == "pretrain":
     return
   micro_batch = per_device // config.grad_accum_steps
+  group = config.augment.mix_group_size
   if (config.augment.mixup_alpha > 0 or config.augment.cutmix_alpha > 0) and (
-      micro_batch % 2):
+      micro_batch % group or group % 2):
     raise ValueError(
-        f"mixup/cutmix pairs neighbouring examples, so the per-device "
-        f"micro-batch ({micro_batch}) must be even; change batch_size or "
-        "grad_accum_steps, or set augment.mixup_alpha=augment.cutmix_alpha=0")
+        f"mixup/cutmix draws once per group of augment.mix_group_size={group} "
+        "examples and pairs neighbours inside it, so it must be even and "
+        f"divide the per-device micro-batch ({micro_batch}); set "
+        "--config.augment.mix_group_size to an even divisor of it, or change "
+        "batch_size or grad_accum_steps")
   depth = config.model.depth
   if config.mode == "finetune" and not -1 <= config.trainable_blocks <= depth:
     raise ValueError(f"trainable_blocks={config.trainable_blocks}: use -1 "
@@ -168,22 +171,31 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, task,
                grad_accum_steps: int) -> tuple[TrainState, TrainMetrics]:
   """One optimizer step on this device's share of the batch (under pmap).
 
-  Frozen parameters are cut from the graph with stop_gradient, so no
-  backward pass runs through a frozen encoder.
+  Only the trainable parameters are differentiated, accumulated and averaged
+  over devices; frozen ones (a linear probe's encoder) enter the loss as
+  constants, so no backward pass runs through them and no gradient buffer of
+  their size exists.
   """
-  trainable = optim.trainable_mask(task.config, state.params)
+  trainable = flax.traverse_util.flatten_dict(
+      optim.trainable_mask(task.config, state.params))
+  flat_params = flax.traverse_util.flatten_dict(state.params)
+  frozen = {k: v for k, v in flat_params.items() if not trainable[k]}
 
-  def loss_fn(params, model_state, batch):
-    params = jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p),
-                          params, trainable)
+  def loss_fn(trained, model_state, batch):
+    params = flax.traverse_util.unflatten_dict({**frozen, **trained})
     return task.loss(params, model_state, batch, rng, state.step)
 
+  trained = {k: v for k, v in flat_params.items() if trainable[k]}
   loss, grads, model_state = accumulate_gradients(
-      loss_fn, state.params, state.model_state, batch, grad_accum_steps)
+      loss_fn, trained, state.model_state, batch, grad_accum_steps)
   loss, grads = jax.lax.pmean((loss, grads), AXIS)
+  grad_norm = optax.global_norm(grads)
+  # The optimizer gives frozen parameters no update (optim.make_optimizer).
+  grads = flax.traverse_util.unflatten_dict(
+      {**{k: jnp.zeros_like(v) for k, v in frozen.items()}, **grads})
   new_state = state.apply_gradients(grads=grads, model_state=model_state)
   step_metrics = TrainMetrics.single_from_model_output(
-      loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state.step),
+      loss=loss, grad_norm=grad_norm, lr=schedule(state.step),
       step=state.step + 1)
   return new_state, step_metrics
 
@@ -280,8 +292,10 @@ class Evaluator:
   def __call__(self, state: TrainState) -> dict[str, float]:
     """`state` replicated over the devices."""
     totals = collections.Counter()
+    # Evaluated in the micro-batches of training: what fits in memory there.
     batches = pipeline.eval_batches(
-        self._source, batch_size=self._config.batch_size,
+        self._source,
+        batch_size=self._config.batch_size // self._config.grad_accum_steps,
         image_size=self._config.model.image_size,
         local_device_count=len(self._devices),
         process_index=jax.process_index(), process_count=jax.process_count(),
@@ -292,8 +306,8 @@ class Evaluator:
     if totals["count"] != len(self._source):
       raise RuntimeError(f"evaluated {totals['count']} examples of "
                          f"{len(self._source)}")
-    return {"eval/top1": 100.0 * totals["top1"] / totals["count"],
-            "eval/top5": 100.0 * totals["top5"] / totals["count"]}
+    return {"eval/top1": float(100 * totals["top1"] / totals["count"]),
+            "eval/top5": float(100 * totals["top5"] / totals["count"])}
 
 
 def _pmap_devices(devices: Sequence[Any]) -> Sequence[Any] | None:
@@ -306,6 +320,11 @@ def _evaluate_checkpoint(task, config: ml_collections.ConfigDict,
   """`eval_only`: top-1/top-5 of the newest checkpoint in `workdir`, written
   to its metrics at the checkpoint's step; returns the evaluated state."""
   stored_config, variables = checkpointing.load_variables(workdir)
+  if stored_config.get("mode") == "pretrain":
+    raise ValueError(
+        f"{workdir} holds a pretraining checkpoint, which has no classifier "
+        "to evaluate; evaluate a linear_probe or finetune workdir, or train "
+        f"one with --config.init_from={workdir}")
   step = int(variables.pop("step"))
   if dict(stored_config.model) != dict(config.model):
     logging.warning("The checkpoint's model config differs from the given "

@@ -209,6 +209,43 @@ class MixupOrCutmixTest(chex.TestCase, parameterized.TestCase):
                                whole_targets, rtol=1e-6, atol=1e-7)
 
 
+class MixInGroupsTest(chex.TestCase):
+
+  def test_each_group_draws_its_own_lambda(self):
+    images, labels = _batch(b=16)
+    _, targets = augment.mixup_or_cutmix_in_groups(
+        jax.random.key(0), images, labels, jnp.arange(16), NUM_CLASSES,
+        group_size=4, label_smoothing=0.0, **MODES["mixup"])
+    lams = np.asarray(_own_lam(targets, labels)).reshape(4, 4)
+    np.testing.assert_allclose(lams, lams[:, :1] * np.ones((1, 4)),
+                               rtol=1e-6)  # one lambda inside a group
+    self.assertEqual(len(np.unique(np.round(lams[:, 0], 6))), 4)
+
+  def test_same_result_on_one_or_eight_devices(self):
+    images, labels = _batch(b=16, seed=3)
+    ids = jnp.arange(16)
+    fn = functools.partial(augment.mixup_or_cutmix_in_groups,
+                           num_classes=NUM_CLASSES, group_size=2,
+                           **MODES["both"])
+    rng = jax.random.key(5)
+    whole_images, whole_targets = jax.jit(fn)(rng, images, labels, ids)
+    split_images, split_targets = jax.pmap(
+        fn, in_axes=(None, 0, 0, 0), devices=jax.devices()[:8])(
+            rng, images.reshape(8, 2, 8, 8, 3), labels.reshape(8, 2),
+            ids.reshape(8, 2))
+    np.testing.assert_allclose(split_images.reshape(images.shape),
+                               whole_images, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(split_targets.reshape(whole_targets.shape),
+                               whole_targets, rtol=1e-6, atol=1e-7)
+
+  def test_group_must_divide_the_batch(self):
+    images, labels = _batch(b=8)
+    with self.assertRaisesRegex(ValueError, "mix_group_size"):
+      augment.mixup_or_cutmix_in_groups(
+          jax.random.key(0), images, labels, jnp.arange(8), NUM_CLASSES,
+          group_size=3, **MODES["mixup"])
+
+
 def _erased(images, out):
   """(b, H, W) bool: pixels the erasing changed, checked on all channels."""
   changed = np.asarray(out) != np.asarray(images)

@@ -73,9 +73,21 @@ def test_batch_norm_uses_running_statistics_at_evaluation():
   images = _images(8)
   logits, updates = model.apply(variables, images, train=True,
                                 mutable=["batch_stats"])
-  assert not np.allclose(updates["batch_stats"]["head_norm"]["mean"], 0.0)
-  # Evaluation of one image does not depend on the rest of its batch.
-  np.testing.assert_allclose(model.apply(variables, images)[:1],
-                             model.apply(variables, images[:1]), rtol=1e-5,
-                             atol=1e-6)
+  stats = updates["batch_stats"]["head_norm"]
+  assert not np.allclose(stats["mean"], 0.0)
   assert logits.shape == (8, 10)
+  # Evaluation normalises with the running statistics, not the batch's: one
+  # image's logits do not depend on its batch-mates, and do depend on them.
+  trained = {**variables, **updates}
+  np.testing.assert_allclose(model.apply(trained, images)[:1],
+                             model.apply(trained, images[:1]), rtol=1e-5,
+                             atol=1e-6)
+  features = model.apply(trained, images[:1], capture_intermediates=True,
+                         mutable=["intermediates"])[1]["intermediates"][
+                             "head_norm"]["__call__"][0]
+  raw = model.apply(trained, images[:1], capture_intermediates=True,
+                    mutable=["intermediates"])[1]["intermediates"]["encoder"][
+                        "__call__"][0][:, 0]
+  np.testing.assert_allclose(
+      features, (raw - stats["mean"]) / np.sqrt(stats["var"] + 1e-6),
+      rtol=1e-4, atol=1e-5)

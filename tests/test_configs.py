@@ -140,7 +140,9 @@ def test_linear_probe_configs_hold_the_paper_recipe(config_file):
   assert config.warmup_steps == 10 * 1_281_167 // 16384
   assert tuple(config.data.crop_scale) == (0.08, 1.0)
   assert config.data.rand_augment_num_ops == 0
-  assert set(config.augment.values()) == {0.0, 0.5}  # all off; switch_prob
+  augment = config.augment
+  assert (augment.mixup_alpha, augment.cutmix_alpha, augment.label_smoothing,
+          augment.random_erasing) == (0.0, 0.0, 0.0, 0.0)
   assert config.data.eval_split == "validation"
 
 
@@ -164,8 +166,8 @@ def test_finetune_configs_hold_the_paper_recipe(config_file, epochs, base_lr,
   assert config.total_steps == epochs * 1_281_167 // 1024
   assert config.warmup_steps == 5 * 1_281_167 // 1024
   assert (augment.mixup_alpha, augment.cutmix_alpha, augment.switch_prob,
-          augment.label_smoothing, augment.random_erasing) == (
-              0.8, 1.0, 0.5, 0.1, 0.25)
+          augment.label_smoothing, augment.random_erasing,
+          augment.mix_group_size) == (0.8, 1.0, 0.5, 0.1, 0.25, 32)
   assert (config.data.rand_augment_num_ops,
           config.data.rand_augment_magnitude) == (2, 9.0)
 
@@ -256,13 +258,14 @@ def _finetune(**overrides):
   config = common.finetune_config("base/16", epochs=1, base_lr=1e-3,
                                   layer_decay=0.75, drop_path_rate=0.1)
   config.update(batch_size=64, total_steps=100, warmup_steps=10)
+  config.augment.mix_group_size = 8
   config.update(overrides)
   return config
 
 
 def test_validate_config_rejects_odd_micro_batches_with_mixup():
   config = _finetune(batch_size=24)  # 3 per device
-  with pytest.raises(ValueError, match="micro-batch \\(3\\) must be even"):
+  with pytest.raises(ValueError, match="divide the per-device micro-batch \\(3\\)"):
     train.validate_config(config, 1, 8)
   config.augment.update(mixup_alpha=0.0, cutmix_alpha=0.0)
   train.validate_config(config, 1, 8)

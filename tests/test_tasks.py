@@ -66,6 +66,11 @@ def test_partial_fine_tuning_trains_only_the_last_blocks(tmp_path, pretrained):
   config = tiny_classifier_config("finetune", init_from=init_from,
                                   trainable_blocks=1)
   state = train.train_and_evaluate(config, str(tmp_path))
+  fresh, _ = tasks.make_task(config, train.AXIS).init_variables(
+      jax.random.split(jax.random.key(config.seed))[0])
+  for name in ("fc_norm", "head"):
+    assert not np.array_equal(state.params[name]["bias"],
+                              fresh[name]["bias"]), name
   encoder = _flat(jax.device_get(state.params["encoder"]))
   pretrained_encoder = _flat(mae_params["encoder"])
   for name, value in encoder.items():
@@ -135,6 +140,28 @@ def test_eval_only_evaluates_the_newest_checkpoint(tmp_path):
   assert evaluated["step"] == 2
   assert evaluated["eval/top1"] == trained["eval/top1"]
   assert evaluated["eval/top5"] == trained["eval/top5"]
+
+
+def test_top_k_counts_ties_and_nan_as_wrong():
+  logits = jnp.asarray([[0.0, 2.0, 1.0, -1.0],   # true class 1 is top
+                        [1.0, 1.0, 0.0, 0.0],    # tie with class 1
+                        [np.nan, 0.0, 0.0, 0.0],  # NaN true logit
+                        [0.0, np.nan, 3.0, 1.0]])  # a NaN elsewhere
+  labels = jnp.asarray([1, 0, 0, 2])
+  np.testing.assert_array_equal(tasks.in_top_k(logits, labels, 1),
+                                [True, False, False, False])
+  np.testing.assert_array_equal(tasks.in_top_k(logits, labels, 2),
+                                [True, True, False, True])
+
+
+def test_classification_refuses_a_pretraining_workdir(tmp_path, pretrained):
+  init_from, _ = pretrained
+  config = tiny_classifier_config("finetune", init_from=init_from)
+  with pytest.raises(ValueError, match="holds a pretrain run.*init_from"):
+    train.train_and_evaluate(config, init_from)
+  config.eval_only = True
+  with pytest.raises(ValueError, match="holds a pretraining checkpoint"):
+    train.train_and_evaluate(config, init_from)
 
 
 def test_eval_only_without_a_checkpoint_is_a_clear_error(tmp_path):

@@ -50,6 +50,7 @@ def tiny_classifier_config(mode: str = "finetune", **overrides
   config.data.update(source="digits", split="train", eval_split="test",
                      crop_scale=(0.5, 1.0), num_workers=2,
                      rand_augment_num_ops=0)
+  config.augment.mix_group_size = 2  # 2 examples per device on 8 devices
   config.batch_size = 16
   config.total_steps = 4
   config.warmup_steps = 1
