@@ -181,12 +181,17 @@ class Checkpointer:
           restored, error = None, e
         if _on_every_process(error is None):
           return _to_local(restored), step
+      if step == steps[-1]:
+        # Nothing older to fall back to. The error may be passing (storage
+        # unavailable), so this one stays where it is: renaming it would make
+        # the next run start from scratch in a workdir that holds a run.
+        raise RuntimeError(
+            f"the checkpoint at step {step} in {self.directory}, the oldest "
+            f"there, cannot be read ({error or 'on another process'}); it is "
+            "left in place. If the storage was unavailable, run again; if it "
+            "is damaged, move it away to start from scratch, or use a new "
+            "--workdir.")
       self._set_aside(step, error)
-    if steps:
-      raise RuntimeError(
-          f"none of the checkpoints {steps} in {self.directory} can be read "
-          "(each was set aside as <step>.corrupt.<time>); run again to start "
-          "from scratch in this workdir, or use a new --workdir")
     return template, 0
 
   def _set_aside(self, step: int, error: Exception | None):

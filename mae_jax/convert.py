@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import safetensors
 import safetensors.numpy
 from etils import epath
 
@@ -82,8 +83,10 @@ def read_torch_file(path: str) -> dict[str, np.ndarray]:
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
-  state = safetensors.numpy.load(epath.Path(path).read_bytes())
-  return {k: np.asarray(v, np.float32) for k, v in state.items()}
+  # Through jax arrays: numpy has no bfloat16, which half-precision exports
+  # use, and safetensors' numpy loader refuses it.
+  with safetensors.safe_open(path, framework="flax") as f:
+    return {k: np.asarray(f.get_tensor(k), np.float32) for k in f.keys()}
 
 
 def _read_any(path: str) -> dict[str, np.ndarray]:
@@ -479,7 +482,9 @@ def _convert(state: dict[str, np.ndarray], rules: list[_Rule],
       raise ValueError(
           f"{source}: {display.get(key, key)} is not the fixed 2-D sin-cos "
           f"position embedding (max |difference| {error:.3g}"
-          + (", all zeros: a model that was never initialised or trained?"
+          + (", all zeros: a model that was never initialised or trained? "
+             "transformers >= 5 leaves these tables zero in a freshly "
+             "constructed ViTMAE; copy the sin-cos table in before saving"
              if not state[key].any() else "")
           + "). mae_jax's MAE uses exactly that table, so these weights would "
           "not compute what they were trained to.")
@@ -590,6 +595,12 @@ def _official_config(state, model_name, decoder, classifier, overrides, path):
   the tensors, the rest from the official recipe and `overrides`."""
   patch_size = state["patch_embed.proj.weight"].shape[-1]
   if model_name is not None:
+    # The reference's own names ('mae_vit_large_patch16', 'vit_huge_patch14')
+    # or ours ('large/16').
+    official = re.fullmatch(r"(?:mae_)?vit_([a-z]+)_patch(\d+)(?:_\w+)?",
+                            model_name)
+    if official:
+      model_name = f"{official.group(1)}/{official.group(2)}"
     sizes = models.encoder_size(model_name)
   else:
     width, depth = state["cls_token"].shape[-1], _count_blocks(state, "blocks")
@@ -681,6 +692,11 @@ def load(path: str, model_name: str | None = None, **overrides
   apply to the model config of any of them).
   """
   p = epath.Path(path)
+  if not p.exists():
+    raise FileNotFoundError(
+        f"{path} does not exist. A model on the HuggingFace Hub must be "
+        "downloaded first, e.g. `huggingface-cli download "
+        "facebook/vit-mae-base --local-dir DIR`, then --src=DIR.")
   if p.is_dir() and not (p / "config.json").exists():
     config, params = checkpointing.load_params(path)
     _override(config.model, overrides)

@@ -419,7 +419,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
       # Asked at every step by every process: a SIGTERM to any of them
       # stops all at the same step, which is saved.
-      preempted = notice.reached(step)
+      # Counted from this run's start: jax's sync point stops every process
+      # at (the highest count reported) + 1, so a notice that came before the
+      # first call (during restore or compilation) stops at the first step.
+      preempted = notice.reached(step - start_step)
       is_last = step == config.total_steps
       # Step 1 is logged too, so that the initial loss is on record.
       log = (step % config.log_every_steps == 0 or is_last or step == 1

@@ -204,6 +204,24 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_previous(
   assert reader.all_steps() == [1, 2]
 
 
+def test_when_no_checkpoint_can_be_read_the_oldest_stays_in_place(
+    tmp_path, monkeypatch):
+  workdir = str(tmp_path)
+  _two_steps(workdir)
+  reader = checkpointing.Checkpointer(workdir, keep=3)
+
+  def unavailable(*args, **kwargs):
+    raise OSError("503 Service Unavailable")
+
+  # A storage outage looks like an unreadable checkpoint; the run must not
+  # end up without any, or the next one would start from scratch.
+  monkeypatch.setattr(reader._manager, "restore", unavailable)
+  with pytest.raises(RuntimeError, match="step 1 .* oldest there.*503.*left "
+                     "in place"):
+    reader.restore_latest({"x": jnp.zeros(4)})
+  assert reader.all_steps() == [1]
+
+
 def test_shapes_of_another_model_are_refused_not_skipped(tmp_path):
   workdir = str(tmp_path)
   _remove_state(_two_steps(workdir))

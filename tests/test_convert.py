@@ -15,6 +15,7 @@ import chex
 import jax
 import numpy as np
 import pytest
+import safetensors.flax
 import safetensors.numpy
 
 from configs import common
@@ -172,6 +173,21 @@ def test_pth_without_torch_asks_for_pip_install_torch(tmp_path, monkeypatch):
   path.write_bytes(b"not read")
   with pytest.raises(ImportError, match="needs torch: pip install torch"):
     convert.load_official_mae(str(path))
+
+
+def test_a_path_that_does_not_exist_says_so(tmp_path):
+  with pytest.raises(FileNotFoundError, match="does not exist.*download"):
+    convert.load("facebook/vit-mae-base")
+
+
+def test_bfloat16_safetensors_are_read_as_float32(tmp_path):
+  values = np.arange(6, dtype=np.float32).reshape(2, 3) / 4
+  path = tmp_path / "half.safetensors"
+  path.write_bytes(safetensors.flax.save(
+      {"w": jax.numpy.asarray(values, jax.numpy.bfloat16)}))
+  state = convert.read_safetensors(str(path))
+  assert state["w"].dtype == np.float32
+  np.testing.assert_array_equal(state["w"], values)  # exact in bfloat16
 
 
 def test_cli_writes_our_checkpoint_and_exports_it_back(tmp_path, capsys):

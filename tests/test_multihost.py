@@ -23,7 +23,8 @@ RUN = dict(log_every_steps=1, figure_every_steps=1000,
            checkpoint_every_steps=1000)
 
 # Runs mae_jax.main; process 1 sends itself SIGTERM while it logs step
-# SIGTERM_AT_STEP, as a preempted host would receive it.
+# {step}, as a preempted host would receive it; step -1: before the loop's
+# first step (when the writer is made, after the restore).
 PREEMPTED_MAIN = """
 import os, signal, sys
 from absl import app
@@ -33,6 +34,8 @@ create_writer = writers.create_writer
 
 def preempting_writer(workdir):
   writer = create_writer(workdir)
+  if {step} == -1 and "--process_id=1" in sys.argv:
+    os.kill(os.getpid(), signal.SIGTERM)
   write_scalars = writer.write_scalars
 
   def write(step, scalars):
@@ -147,10 +150,18 @@ def test_sigterm_to_one_process_stops_all_at_one_step_and_resumes(tmp_path):
     assert f"Preempted: saved step {saved[0]}" in log
     assert max(_logged_losses(log)) == saved[0]
 
+  # Preempted again before the resumed run's first step: it saves that step.
+  script.write_text(PREEMPTED_MAIN.format(step=-1))
+  logs = _run_processes([str(script)], flags)
+  resumed_at, saved = saved[0], checkpointing.Checkpointer(
+      str(workdir), 3).all_steps()
+  assert saved[-1] == resumed_at + 1, (saved, logs[1][-3000:])
+  assert all(f"Preempted: saved step {resumed_at + 1}" in log for log in logs)
+
   logs = _run_processes(["-m", "mae_jax.main"], flags)
-  assert all(f"Resuming from step {saved[0]}" in log for log in logs)
+  assert all(f"Resuming from step {saved[-1]}" in log for log in logs)
   losses = _logged_losses(logs[0])
-  assert sorted(losses) == list(range(saved[0] + 1, total + 1))
+  assert sorted(losses) == list(range(saved[-1] + 1, total + 1))
   assert losses == _logged_losses(logs[1])
 
   straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
