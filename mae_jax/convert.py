@@ -713,6 +713,25 @@ def load(path: str, model_name: str | None = None, **overrides
 # ------------------------------------------------------------ command line
 
 
+def add_model_arguments(parser: argparse.ArgumentParser):
+  """--model and --norm_pix_loss: what a checkpoint may not say itself
+  (shared by this CLI and mae_jax.visualize's)."""
+  parser.add_argument("--model", default=None,
+                      help="official .pth only: 'base/16', 'large/16', "
+                      "'huge/14' (default: read from the tensors)")
+  parser.add_argument("--norm_pix_loss", action=argparse.BooleanOptionalAction,
+                      default=None,
+                      help="what the decoder predicts, when the checkpoint "
+                      "does not say (official .pth: raw pixels by default)")
+
+
+def load_from_arguments(src: str, args: argparse.Namespace):
+  """`load(src)` with the overrides of `add_model_arguments`."""
+  overrides = ({} if args.norm_pix_loss is None
+               else {"norm_pix_loss": args.norm_pix_loss})
+  return load(src, args.model, **overrides)
+
+
 def main(argv: list[str] | None = None):
   parser = argparse.ArgumentParser(
       prog="python -m mae_jax.convert",
@@ -726,17 +745,9 @@ def main(argv: list[str] | None = None):
   parser.add_argument("--format", choices=("mae_jax", "hf"), default="mae_jax",
                       help="mae_jax: DST/checkpoints/0 (orbax, our layout); "
                       "hf: config.json + model.safetensors")
-  parser.add_argument("--model", default=None,
-                      help="official .pth only: 'base/16', 'large/16', "
-                      "'huge/14' (default: read from the tensors)")
-  parser.add_argument("--norm_pix_loss", action=argparse.BooleanOptionalAction,
-                      default=None,
-                      help="what the decoder predicts, when the checkpoint "
-                      "does not say (official .pth: raw pixels by default)")
+  add_model_arguments(parser)
   args = parser.parse_args(argv)
-  overrides = ({} if args.norm_pix_loss is None
-               else {"norm_pix_loss": args.norm_pix_loss})
-  config, params = load(args.src, args.model, **overrides)
+  config, params = load_from_arguments(args.src, args)
   if args.format == "hf":
     save_hf_vitmae(config.model, params, args.dst)
   else:

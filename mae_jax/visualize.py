@@ -149,23 +149,15 @@ def main(argv: list[str] | None = None):
   parser.add_argument("--mask_ratio", type=float, default=0.75)
   parser.add_argument("--seed", type=int, default=0,
                       help="which patches are masked")
-  parser.add_argument("--model", default=None,
-                      help="official .pth only: 'base/16', 'large/16', "
-                      "'huge/14' (default: read from the tensors)")
-  parser.add_argument("--norm_pix_loss", action=argparse.BooleanOptionalAction,
-                      default=None,
-                      help="whether the decoder predicts normalised patches, "
-                      "when the checkpoint does not say (official .pth: no)")
+  convert.add_model_arguments(parser)
   args = parser.parse_args(argv)
-  config, params = convert.load(args.checkpoint, args.model)
+  config, params = convert.load_from_arguments(args.checkpoint, args)
   if config.mode != "pretrain" or "decoder" not in params:
     raise ValueError(
         f"{args.checkpoint} has no decoder (a classifier or a pretrained "
         "encoder alone): reconstructions need an MAE with its decoder, e.g. "
         "the official mae_visualize_*.pth or HuggingFace facebook/vit-mae-*")
   config.model.mask_ratio = args.mask_ratio
-  if args.norm_pix_loss is not None:
-    config.model.norm_pix_loss = args.norm_pix_loss
   with epath.Path(args.image).open("rb") as f:
     image = np.asarray(Image.open(f).convert("RGB"))
   figure, loss = reconstruct(config.model, params, image, args.seed)
