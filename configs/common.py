@@ -8,8 +8,6 @@ import ml_collections
 
 from mae_jax import models
 
-IMAGENET_TRAIN_IMAGES = 1_281_167
-
 
 def mae_model(name: str, **overrides) -> ml_collections.ConfigDict:
   """The MAE model config for 'base/16' etc. (SPEC §1)."""
@@ -58,9 +56,22 @@ def classifier_model(name: str, **overrides) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(model)
 
 
-def steps_for_epochs(epochs: float, batch_size: int,
-                     num_examples: int = IMAGENET_TRAIN_IMAGES) -> int:
-  return int(epochs * num_examples / batch_size)
+def durations(config: ml_collections.ConfigDict, *, epochs: float,
+              warmup_epochs: float):
+  """The schedule's length in epochs of the training split, turned into
+  steps when the run starts (mae_jax/durations.py), so that a batch-size
+  override keeps the recipe. Set `*_steps` instead (and the `*_epochs` to 0)
+  for runs counted in steps: the demo, the tests."""
+  config.total_epochs = float(epochs)
+  config.total_steps = 0
+  config.warmup_epochs = float(warmup_epochs)
+  config.warmup_steps = 0
+
+
+def in_steps(config: ml_collections.ConfigDict, *, total: int, warmup: int):
+  """The schedule in steps instead of epochs (the short demo runs)."""
+  config.total_epochs, config.total_steps = 0.0, total
+  config.warmup_epochs, config.warmup_steps = 0.0, warmup
 
 
 def data_config(**overrides) -> ml_collections.ConfigDict:
@@ -106,8 +117,7 @@ def pretrain_config(model_name: str) -> ml_collections.ConfigDict:
 
   config.batch_size = 4096  # global, per optimizer step
   config.grad_accum_steps = 1  # split each device's batch into micro-batches
-  config.total_steps = steps_for_epochs(800, config.batch_size)
-  config.warmup_steps = steps_for_epochs(40, config.batch_size)
+  durations(config, epochs=800, warmup_epochs=40)
 
   config.optimizer = ml_collections.ConfigDict(dict(
       name="adamw",
@@ -150,10 +160,12 @@ def _classification_config(mode: str, model: ml_collections.ConfigDict,
   ))
   config.batch_size = batch_size
   config.grad_accum_steps = 1
-  config.total_steps = steps_for_epochs(epochs, batch_size)
-  config.warmup_steps = steps_for_epochs(warmup_epochs, batch_size)
+  durations(config, epochs=epochs, warmup_epochs=warmup_epochs)
   _logging(config)
-  config.eval_every_steps = steps_for_epochs(1, batch_size)
+  # Evaluate once per epoch; or every N steps with eval_every_steps=N and
+  # eval_every_epochs=0.
+  config.eval_every_epochs = 1.0
+  config.eval_every_steps = 0
   return config
 
 

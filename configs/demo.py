@@ -15,8 +15,7 @@ def get_config():
   config.data.update(source="digits", name="digits", split="train",
                      crop_scale=(0.5, 1.0), horizontal_flip=False)
   config.batch_size = 128
-  config.total_steps = 1000
-  config.warmup_steps = 100
+  common.in_steps(config, total=1000, warmup=100)
   config.optimizer.base_lr = 1e-3
   config.log_every_steps = 50
   config.checkpoint_every_steps = 500
@@ -36,5 +35,5 @@ def adapt_classifier(config):
                      horizontal_flip=False)
   config.batch_size = 128
   config.log_every_steps = 50
-  config.eval_every_steps = 200
+  config.eval_every_epochs, config.eval_every_steps = 0.0, 200
   return config

@@ -15,7 +15,13 @@ def num_kept(num_patches: int, mask_ratio: float) -> int:
   """Visible patches per image, as the reference computes it."""
   if not 0.0 <= mask_ratio < 1.0:
     raise ValueError(f"mask_ratio={mask_ratio} must be in [0, 1)")
-  return int(num_patches * (1 - mask_ratio))
+  kept = int(num_patches * (1 - mask_ratio))
+  if kept == 0:
+    raise ValueError(
+        f"mask_ratio={mask_ratio} leaves no visible patch of {num_patches} "
+        f"(the encoder would see only its cls token); use a ratio below "
+        f"{1 - 1 / num_patches:.4g}")
+  return kept
 
 
 def random_masking(tokens: jnp.ndarray, noise: jnp.ndarray, len_keep: int):

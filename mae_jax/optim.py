@@ -47,6 +47,13 @@ def warmup_cosine_schedule(peak_lr: float, warmup_steps: int,
   return schedule
 
 
+def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  """The run's lr schedule; `config`'s durations resolved to steps."""
+  return warmup_cosine_schedule(peak_learning_rate(config),
+                                config.warmup_steps, config.total_steps,
+                                config.optimizer.min_lr)
+
+
 def _names(path) -> list[str]:
   return [str(getattr(k, "key", k)) for k in path]
 

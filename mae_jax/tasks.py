@@ -1,30 +1,63 @@
-"""What differs between the modes: the model, its loss, what it trains.
+"""What differs between the modes: the model, its loss, what it trains, how
+it is evaluated. The train loop (train.py) is the same for all and never
+asks which mode it runs; `make_task` is the one place that does.
 
-`config.mode` picks a task; the train loop (train.py) is the same for all:
-- 'pretrain': the MAE and its masked reconstruction loss (SPEC §1);
-- 'linear_probe' and 'finetune': a ViT classifier (SPEC §2), whose encoder
-  train.py loads from `config.init_from`.
+- 'pretrain': the MAE and its masked reconstruction loss (MAE paper §3);
+- 'linear_probe' and 'finetune': a ViT classifier (MAE paper §4, A.1-A.2)
+  whose encoder comes from `config.init_from`.
 
-Randomness enters `loss` as the step's key; per-example randomness (masking,
-drop path, random erasing) is keyed by each example's global index and
-batch-level randomness (mixup/cutmix) by the step alone, so a run is the
-same on any number of devices.
+Every task has the interface of `Task`. Randomness enters `loss` as the
+step's key; per-example randomness (masking, drop path, random erasing) is
+keyed by each example's global index and batch-level randomness
+(mixup/cutmix) by the step alone, so a run is the same on any number of
+devices.
 """
 
-from typing import Any
+from typing import Any, Protocol, Sequence
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 from mae_jax import augment
+from mae_jax import evaluators
+from mae_jax import initialization
 from mae_jax import masking
 from mae_jax import models
+from mae_jax.data import sources
 from mae_jax.data import transforms
 
 MODES = ("pretrain", "linear_probe", "finetune")
 
 Batch = dict[str, jnp.ndarray]
+# What `loss` returns besides the loss: the new model state (BatchNorm
+# statistics; {} for most tasks) and extra scalars to log as train/<name>,
+# averaged like the loss (e.g. the terms of a composite loss).
+LossAux = tuple[dict, dict[str, jnp.ndarray]]
+
+
+class Task(Protocol):
+  config: ml_collections.ConfigDict
+  model: Any  # the flax module whose `apply` the train state holds
+
+  def validate(self, micro_batch: int):
+    """Raises ValueError, with the fix, for a config this task cannot run
+    with `micro_batch` examples per device and micro-step."""
+
+  def init_variables(self, rng: jax.Array, load_pretrained: bool
+                     ) -> tuple[Any, dict]:
+    """(params, model_state) to start from; with `load_pretrained`, what
+    `config.init_from` names is loaded into them (a resumed run restores
+    its own checkpoint instead)."""
+
+  def loss(self, params, model_state: dict, batch: Batch, rng: jax.Array,
+           step: jnp.ndarray) -> tuple[jnp.ndarray, LossAux]:
+    """The mean loss over this device's (micro-)batch; pure, traced once."""
+
+  def evaluators(self, devices: Sequence[Any], train_source: sources.Source
+                 ) -> list[evaluators.Evaluator]:
+    """What the loop runs every so often (evaluations, figures)."""
 
 
 class PretrainTask:
@@ -34,18 +67,31 @@ class PretrainTask:
     self.config = config
     self.model = models.build(config.model)
 
-  def init_variables(self, rng: jax.Array) -> tuple[Any, dict]:
-    """(params, model_state) of a fresh model."""
+  def validate(self, micro_batch: int):
+    del micro_batch
+    masking.num_kept(self.model.num_patches, self.config.model.mask_ratio)
+
+  def init_variables(self, rng: jax.Array, load_pretrained: bool
+                     ) -> tuple[Any, dict]:
+    del load_pretrained  # pretraining starts from scratch
     images = jnp.zeros((1, self.model.image_size, self.model.image_size, 3))
     noise = jnp.zeros((1, self.model.num_patches))
     return jax.jit(self.model.init)(rng, images, noise)["params"], {}
 
   def loss(self, params, model_state: dict, batch: Batch, rng: jax.Array,
-           step: jnp.ndarray) -> tuple[jnp.ndarray, dict]:
+           step: jnp.ndarray) -> tuple[jnp.ndarray, LossAux]:
     images = transforms.normalize(batch["image"], xp=jnp)
     keys = masking.example_keys(rng, step, batch["example_id"])
     noise = masking.masking_noise(keys, self.model.num_patches)
-    return self.model.apply({"params": params}, images, noise).loss, model_state
+    loss = self.model.apply({"params": params}, images, noise).loss
+    return loss, (model_state, {})
+
+  def evaluators(self, devices: Sequence[Any], train_source: sources.Source
+                 ) -> list[evaluators.Evaluator]:
+    del devices
+    return [evaluators.ReconstructionFigures(
+        self.model, train_source, self.config.figure_images,
+        self.config.seed, self.config.figure_every_steps)]
 
 
 class ClassificationTask:
@@ -56,18 +102,49 @@ class ClassificationTask:
     self.model = models.build_classifier(config.model, axis_name)
     self.num_classes = config.model.num_classes
 
-  def init_variables(self, rng: jax.Array) -> tuple[Any, dict]:
-    """(params, model_state) of a fresh model."""
+  def validate(self, micro_batch: int):
+    config = self.config
+    group = config.augment.mix_group_size
+    if (config.augment.mixup_alpha > 0 or config.augment.cutmix_alpha > 0) and (
+        micro_batch % group or group % 2):
+      raise ValueError(
+          f"mixup/cutmix draws once per group of augment.mix_group_size={group}"
+          " examples and pairs neighbours inside it, so it must be even and "
+          f"divide the per-device micro-batch ({micro_batch}); set "
+          "--config.augment.mix_group_size to an even divisor of it, or "
+          "change batch_size or grad_accum_steps")
+    depth = config.model.depth
+    if config.mode == "finetune" and not -1 <= config.trainable_blocks <= depth:
+      raise ValueError(f"trainable_blocks={config.trainable_blocks}: use -1 "
+                       f"(fine-tune everything) or 0..{depth} (the last k "
+                       "blocks, the final norm and the head)")
+
+  def init_variables(self, rng: jax.Array, load_pretrained: bool
+                     ) -> tuple[Any, dict]:
     size = self.config.model.image_size
     variables = jax.jit(self.model.init)(rng, jnp.zeros((1, size, size, 3)))
     params = jax.device_get(variables["params"])
-    return params, {k: v for k, v in variables.items() if k != "params"}
+    model_state = {k: v for k, v in variables.items() if k != "params"}
+    if load_pretrained:
+      if self.config.init_from:
+        params = initialization.load_pretrained_encoder(
+            self.config.init_from, params, self.config.model)
+      else:
+        logging.warning("config.init_from is empty: the encoder starts from "
+                        "a random initialisation (the from-scratch "
+                        "baseline).")
+    return params, model_state
 
   def _variables(self, params, model_state: dict) -> dict:
     return {"params": params, **model_state}
 
+  def evaluators(self, devices: Sequence[Any], train_source: sources.Source
+                 ) -> list[evaluators.Evaluator]:
+    del train_source
+    return [evaluators.TopKAccuracy(self, self.config, devices)]
+
   def loss(self, params, model_state: dict, batch: Batch, rng: jax.Array,
-           step: jnp.ndarray) -> tuple[jnp.ndarray, dict]:
+           step: jnp.ndarray) -> tuple[jnp.ndarray, LossAux]:
     """Soft-target cross-entropy after random erasing and mixup/cutmix."""
     aug = self.config.augment
     example_rng, batch_rng = jax.random.split(rng)
@@ -77,19 +154,23 @@ class ClassificationTask:
     # The reference erases per image (in its transform), then mixes batches.
     if aug.random_erasing > 0:
       images = augment.random_erasing(erase_keys, images, aug.random_erasing)
-    images, targets = augment.mixup_or_cutmix_in_groups(
-        jax.random.fold_in(batch_rng, step), images, batch["label"],
-        batch["example_id"], self.num_classes,
-        group_size=aug.mix_group_size, mixup_alpha=aug.mixup_alpha,
-        cutmix_alpha=aug.cutmix_alpha, switch_prob=aug.switch_prob,
-        label_smoothing=aug.label_smoothing)
+    if aug.mixup_alpha > 0 or aug.cutmix_alpha > 0:
+      images, targets = augment.mixup_or_cutmix_in_groups(
+          jax.random.fold_in(batch_rng, step), images, batch["label"],
+          batch["example_id"], self.num_classes,
+          group_size=aug.mix_group_size, mixup_alpha=aug.mixup_alpha,
+          cutmix_alpha=aug.cutmix_alpha, switch_prob=aug.switch_prob,
+          label_smoothing=aug.label_smoothing)
+    else:  # no mix groups: any per-device batch size works
+      targets = augment.smooth_labels(batch["label"], self.num_classes,
+                                      aug.label_smoothing)
     logits, updates = self.model.apply(
         self._variables(params, model_state), images, train=True,
         drop_keys=drop_keys if self.config.model.drop_path_rate > 0 else None,
         mutable=list(model_state))
     log_probs = jax.nn.log_softmax(logits)
-    return -jnp.mean(jnp.sum(targets * log_probs, axis=-1)), {
-        **model_state, **updates}
+    loss = -jnp.mean(jnp.sum(targets * log_probs, axis=-1))
+    return loss, ({**model_state, **updates}, {})
 
   def eval_counts(self, params, model_state: dict,
                   batch: Batch) -> dict[str, jnp.ndarray]:
@@ -113,7 +194,7 @@ def in_top_k(logits: jnp.ndarray, labels: jnp.ndarray, k: int) -> jnp.ndarray:
   return rank < k
 
 
-def make_task(config: ml_collections.ConfigDict, axis_name: str):
+def make_task(config: ml_collections.ConfigDict, axis_name: str) -> Task:
   if config.mode == "pretrain":
     return PretrainTask(config)
   if config.mode in ("linear_probe", "finetune"):

@@ -1,16 +1,15 @@
 """One pure train step, pmapped once, and the loop around it, for every mode.
 
-The mode's task (tasks.py) supplies the model, the loss and the initial
-parameters; this module trains it: optimizer, accumulation, checkpoints,
-logging, evaluation (top-1/top-5 for the classification modes) and
-reconstruction figures (pretraining). Randomness enters the step as a key
-that the task folds with the step and each example's global position in the
-batch, so the trajectory does not depend on how many devices share it.
+The mode's task (tasks.py) supplies the model, the loss, the initial
+parameters and its evaluators (evaluators.py); this module trains it:
+durations, optimizer, accumulation, checkpoints, logging, and running the
+evaluators at their intervals. Randomness enters the step as a key that the
+task folds with the step and each example's global position in the batch, so
+the trajectory does not depend on how many devices share it.
 """
 
-import collections
-import functools
 from absl import logging
+import functools
 import time
 from typing import Any, Callable, Sequence
 
@@ -27,8 +26,8 @@ from flax.training import train_state
 
 from mae_jax import checkpointing
 from mae_jax import devices as devices_lib
-from mae_jax import initialization
-from mae_jax import models
+from mae_jax import durations
+from mae_jax import evaluators as evaluators_lib
 from mae_jax import optim
 from mae_jax import preemption
 from mae_jax import tasks
@@ -36,7 +35,6 @@ from mae_jax import visualize
 from mae_jax import writers
 from mae_jax.data import pipeline
 from mae_jax.data import sources
-from mae_jax.data import transforms
 
 AXIS = devices_lib.AXIS
 
@@ -64,11 +62,31 @@ class NonFiniteStep(metrics.Metric):
 
 
 @flax.struct.dataclass
+class Averages(metrics.Metric):
+  """Means over steps of the task's extra scalars (e.g. the terms of a
+  composite loss), whatever their names."""
+  totals: dict
+  count: jnp.ndarray
+
+  @classmethod
+  def from_model_output(cls, extra, **_):
+    return cls(extra, jnp.ones((), jnp.int32))
+
+  def merge(self, other):
+    return type(self)(jax.tree.map(jnp.add, self.totals, other.totals),
+                      self.count + other.count)
+
+  def compute(self):
+    return {name: total / self.count for name, total in self.totals.items()}
+
+
+@flax.struct.dataclass
 class TrainMetrics(metrics.Collection):
   loss: metrics.Average.from_output("loss")
   grad_norm: metrics.Average.from_output("grad_norm")
   lr: metrics.LastValue.from_output("lr")
   nonfinite_step: NonFiniteStep
+  extra: Averages
 
 
 def validate_config(config: ml_collections.ConfigDict, process_count: int,
@@ -86,32 +104,11 @@ def validate_config(config: ml_collections.ConfigDict, process_count: int,
         f"the per-device batch ({per_device}) is not divisible by "
         f"grad_accum_steps={config.grad_accum_steps}; choose a divisor of "
         f"{per_device}")
-  if config.total_steps <= 0 or not 0 <= config.warmup_steps <= config.total_steps:
-    raise ValueError(f"need 0 <= warmup_steps ({config.warmup_steps}) <= "
-                     f"total_steps ({config.total_steps}) and total_steps > 0")
-  intervals = ["log_every_steps", "checkpoint_every_steps"]
-  intervals.append("figure_every_steps" if config.mode == "pretrain"
-                   else "eval_every_steps")
-  for name in intervals:
+  durations.check(config)
+  for name in ("log_every_steps", "checkpoint_every_steps"):
     if config[name] <= 0:
       raise ValueError(f"{name}={config[name]} must be positive")
-  if config.mode == "pretrain":
-    return
-  micro_batch = per_device // config.grad_accum_steps
-  group = config.augment.mix_group_size
-  if (config.augment.mixup_alpha > 0 or config.augment.cutmix_alpha > 0) and (
-      micro_batch % group or group % 2):
-    raise ValueError(
-        f"mixup/cutmix draws once per group of augment.mix_group_size={group} "
-        "examples and pairs neighbours inside it, so it must be even and "
-        f"divide the per-device micro-batch ({micro_batch}); set "
-        "--config.augment.mix_group_size to an even divisor of it, or change "
-        "batch_size or grad_accum_steps")
-  depth = config.model.depth
-  if config.mode == "finetune" and not -1 <= config.trainable_blocks <= depth:
-    raise ValueError(f"trainable_blocks={config.trainable_blocks}: use -1 "
-                     f"(fine-tune everything) or 0..{depth} (the last k "
-                     "blocks, the final norm and the head)")
+  tasks.make_task(config, AXIS).validate(per_device // config.grad_accum_steps)
 
 
 def create_train_state(task, config: ml_collections.ConfigDict,
@@ -119,17 +116,10 @@ def create_train_state(task, config: ml_collections.ConfigDict,
                        load_init_from: bool = True) -> TrainState:
   """Initial parameters and optimizer state, unreplicated.
 
-  A classifier's encoder comes from `config.init_from` when it is set and
-  `load_init_from` (a resumed run restores its own checkpoint instead).
+  With `load_init_from`, the task loads what `config.init_from` names (a
+  resumed run restores its own checkpoint instead).
   """
-  params, model_state = task.init_variables(rng)
-  if load_init_from and config.mode != "pretrain":
-    if config.init_from:
-      params = initialization.load_pretrained_encoder(
-          config.init_from, params, config.model)
-    else:
-      logging.warning("config.init_from is empty: the encoder starts from a "
-                      "random initialisation (the from-scratch baseline).")
+  params, model_state = task.init_variables(rng, load_init_from)
   state = TrainState.create(
       apply_fn=task.model.apply, params=params, model_state=model_state,
       tx=optim.make_optimizer(config, schedule, params))
@@ -138,32 +128,37 @@ def create_train_state(task, config: ml_collections.ConfigDict,
 
 def accumulate_gradients(loss_fn: Callable, params, model_state, batch,
                          accum_steps: int):
-  """(mean loss, mean gradient, model state) over `accum_steps` equal
-  micro-batches of `batch`.
+  """(mean loss, mean gradient, (model state, mean extra scalars)) over
+  `accum_steps` equal micro-batches of `batch`.
 
-  `loss_fn(params, model_state, batch) -> (loss, new model_state)`. Splitting
-  the batch inside the step gives the same update as the whole batch at once
-  (the losses are means over equal-sized parts), in less memory; the model
-  state (BatchNorm statistics) is threaded through the micro-batches.
+  `loss_fn(params, model_state, batch) -> (loss, (new model_state, extra
+  scalars))`. Splitting the batch inside the step gives the same update as
+  the whole batch at once (the losses are means over equal-sized parts), in
+  less memory; the model state (BatchNorm statistics) is threaded through
+  the micro-batches.
   """
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if accum_steps == 1:
-    (loss, model_state), grads = grad_fn(params, model_state, batch)
-    return loss, grads, model_state
+    (loss, (model_state, extra)), grads = grad_fn(params, model_state, batch)
+    return loss, grads, (model_state, extra)
   micro = jax.tree.map(
       lambda x: x.reshape((accum_steps, -1) + x.shape[1:]), batch)
 
   def add(carry, micro_batch):
-    loss_sum, grad_sum, model_state = carry
-    (loss, model_state), grads = grad_fn(params, model_state, micro_batch)
-    return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads),
+    sums, model_state = carry
+    (loss, (model_state, extra)), grads = grad_fn(params, model_state,
+                                                  micro_batch)
+    return (jax.tree.map(jnp.add, sums, (loss, grads, extra)),
             model_state), None
 
-  zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params),
-           model_state)
-  (loss, grads, model_state), _ = jax.lax.scan(add, zeros, micro)
-  return loss / accum_steps, jax.tree.map(lambda g: g / accum_steps,
-                                          grads), model_state
+  # The sums start at zero in the shapes of (loss, gradients, extra).
+  (loss, (_, extra)), grads = jax.eval_shape(
+      grad_fn, params, model_state, jax.tree.map(lambda x: x[0], micro))
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                       (loss, grads, extra))
+  (sums, model_state), _ = jax.lax.scan(add, (zeros, model_state), micro)
+  loss, grads, extra = jax.tree.map(lambda s: s / accum_steps, sums)
+  return loss, grads, (model_state, extra)
 
 
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, task,
@@ -186,9 +181,9 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, task,
     return task.loss(params, model_state, batch, rng, state.step)
 
   trained = {k: v for k, v in flat_params.items() if trainable[k]}
-  loss, grads, model_state = accumulate_gradients(
+  loss, grads, (model_state, extra) = accumulate_gradients(
       loss_fn, trained, state.model_state, batch, grad_accum_steps)
-  loss, grads = jax.lax.pmean((loss, grads), AXIS)
+  loss, grads, extra = jax.lax.pmean((loss, grads, extra), AXIS)
   grad_norm = optax.global_norm(grads)
   # The optimizer gives frozen parameters no update (optim.make_optimizer).
   grads = flax.traverse_util.unflatten_dict(
@@ -196,14 +191,8 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, task,
   new_state = state.apply_gradients(grads=grads, model_state=model_state)
   step_metrics = TrainMetrics.single_from_model_output(
       loss=loss, grad_norm=grad_norm, lr=schedule(state.step),
-      step=state.step + 1)
+      step=state.step + 1, extra=extra)
   return new_state, step_metrics
-
-
-def eval_step(state: TrainState, batch: dict, *, task) -> dict:
-  """Correct top-1/top-5 and example counts over all devices (under pmap)."""
-  counts = task.eval_counts(state.params, state.model_state, batch)
-  return jax.lax.psum(counts, AXIS)
 
 
 def checkpoint_tree(state: TrainState) -> dict:
@@ -251,74 +240,33 @@ def _summary(train_metrics: TrainMetrics, steps: int, batch_size: int,
   """The scalars of one log line; img/s over the steps since the last one."""
   summary = train_metrics.compute()
   summary.pop("nonfinite_step")
+  summary.update(summary.pop("extra"))
   scalars = {f"train/{k}": v for k, v in summary.items()}
   if steps > 0 and seconds > 0:
     scalars["train/img_per_s"] = steps * batch_size / seconds
   return scalars
 
 
-class FigureMaker:
-  """Reconstructions of a fixed set of images with a fixed masking."""
-
-  def __init__(self, model: models.MAE, source: sources.Source, count: int,
-               seed: int):
-    images = pipeline.eval_images(source, count, model.image_size)
-    self._images = transforms.normalize(images)
-    self._noise = jax.random.uniform(jax.random.key(seed),
-                                     (len(images), model.num_patches))
-    self._model = model
-    self._apply = jax.jit(model.apply)
-
-  def __call__(self, params) -> np.ndarray:
-    out = self._apply({"params": params}, self._images, self._noise)
-    return visualize.reconstruction_figure(
-        self._images, np.asarray(out.pred), np.asarray(out.mask),
-        self._model.patch_size, self._model.norm_pix_loss)
-
-
-class Evaluator:
-  """Top-1/top-5 (in %) over the whole evaluation split: every example
-  exactly once, the last batch padded and the padding masked out."""
-
-  def __init__(self, task, config: ml_collections.ConfigDict,
-               devices: Sequence[Any]):
-    self._source = sources.open_source(config.data, config.data.eval_split,
-                                       config.model.image_size)
-    self._config = config
-    self._devices = devices
-    self._eval_step = jax.pmap(functools.partial(eval_step, task=task),
-                               axis_name=AXIS, devices=_pmap_devices(devices))
-
-  def __call__(self, state: TrainState) -> dict[str, float]:
-    """`state` replicated over the devices."""
-    totals = collections.Counter()
-    # Evaluated in the micro-batches of training: what fits in memory there.
-    batches = pipeline.eval_batches(
-        self._source,
-        batch_size=self._config.batch_size // self._config.grad_accum_steps,
-        image_size=self._config.model.image_size,
-        local_device_count=len(self._devices),
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        num_workers=self._config.data.num_workers)
-    for batch in batches:
-      counts = self._eval_step(state, devices_lib.shard(batch, self._devices))
-      totals.update(jax.device_get(devices_lib.unreplicate(counts)))
-    if totals["count"] != len(self._source):
-      raise RuntimeError(f"evaluated {totals['count']} examples of "
-                         f"{len(self._source)}")
-    return {"eval/top1": float(100 * totals["top1"] / totals["count"]),
-            "eval/top5": float(100 * totals["top5"] / totals["count"])}
-
-
-def _pmap_devices(devices: Sequence[Any]) -> Sequence[Any] | None:
-  """pmap's `devices` argument: None for all local devices."""
-  return devices if len(devices) != jax.local_device_count() else None
+def _write_report(writer, workdir: str, step: int,
+                  report: evaluators_lib.Report):
+  """An evaluator's scalars to the metrics, its figures to TensorBoard and
+  to `<name>_<step>.png` in the workdir (process 0)."""
+  if report.scalars:
+    logging.info("Evaluation at step %d: %s", step, report.scalars)
+    writer.write_scalars(step, report.scalars)
+  if report.images and jax.process_index() == 0:
+    writer.write_images(step, {name: image[None]
+                               for name, image in report.images.items()})
+    for name, image in report.images.items():
+      visualize.save_png(image,
+                         str(epath.Path(workdir) / f"{name}_{step:07d}.png"))
 
 
 def _evaluate_checkpoint(task, config: ml_collections.ConfigDict,
                          workdir: str, devices: Sequence[Any]) -> TrainState:
-  """`eval_only`: top-1/top-5 of the newest checkpoint in `workdir`, written
-  to its metrics at the checkpoint's step; returns the evaluated state."""
+  """`eval_only`: runs the task's evaluators on the newest checkpoint in
+  `workdir` and writes their results at the checkpoint's step; returns the
+  evaluated state."""
   stored_config, variables = checkpointing.load_variables(workdir)
   if stored_config.get("mode") == "pretrain":
     raise ValueError(
@@ -334,11 +282,10 @@ def _evaluate_checkpoint(task, config: ml_collections.ConfigDict,
       "model_state", {})
   state = TrainState(step=step, apply_fn=task.model.apply, params=params,
                      model_state=model_state, tx=None, opt_state=None)
-  scalars = Evaluator(task, config, devices)(
-      devices_lib.replicate(state, devices))
-  logging.info("Evaluation of step %d: %s", step, scalars)
+  replicated = devices_lib.replicate(state, devices)
   writer = writers.create_writer(workdir)
-  writer.write_scalars(step, scalars)
+  for evaluator in task.evaluators(devices, train_source=None):
+    _write_report(writer, workdir, step, evaluator(replicated))
   writer.flush()
   return state
 
@@ -353,13 +300,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   devices = list(devices or jax.local_devices())
   validate_config(config, jax.process_count(), len(devices))
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  if config.get("eval_only", False):
+    return _evaluate_checkpoint(tasks.make_task(config, AXIS), config,
+                                workdir, devices)
+  source = sources.open_source(config.data, config.data.split,
+                               config.model.image_size)
+  config = durations.resolve(config, len(source))
+  logging.info("Schedule: %s; peak lr %.4g.",
+               durations.describe(config, len(source)),
+               optim.peak_learning_rate(config))
   task = tasks.make_task(config, AXIS)
-  pretraining = config.mode == "pretrain"
-  if not pretraining and config.eval_only:
-    return _evaluate_checkpoint(task, config, workdir, devices)
-  schedule = optim.warmup_cosine_schedule(
-      optim.peak_learning_rate(config), config.warmup_steps,
-      config.total_steps, config.optimizer.min_lr)
+  schedule = optim.make_schedule(config)
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
 
   checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
@@ -377,16 +328,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     checkpointer.close()
     return state
 
-  source = sources.open_source(config.data, config.data.split,
-                               config.model.image_size)
   batches = pipeline.TrainPipeline(
       source, config.data, batch_size=config.batch_size,
       image_size=config.model.image_size, seed=config.seed,
       start_step=start_step, local_device_count=len(devices),
       process_index=jax.process_index(), process_count=jax.process_count())
-  make_figure = (FigureMaker(task.model, source, config.figure_images,
-                             config.seed) if pretraining else None)
-  evaluator = None if pretraining else Evaluator(task, config, devices)
+  evaluators = task.evaluators(devices, source)
   writer = writers.create_writer(workdir)
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=config.total_steps, every_steps=config.log_every_steps)
@@ -394,7 +341,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   p_train_step = jax.pmap(
       functools.partial(train_step, task=task, schedule=schedule,
                         grad_accum_steps=config.grad_accum_steps),
-      axis_name=AXIS, donate_argnums=(0,), devices=_pmap_devices(devices))
+      axis_name=AXIS, donate_argnums=(0,),
+      devices=evaluators_lib.pmap_devices(devices))
   state = devices_lib.replicate(state, devices)
   step_rngs = devices_lib.replicate(step_rng, devices)
   device_batches = devices_lib.prefetch_to_devices(batches, devices)
@@ -427,14 +375,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       # Step 1 is logged too, so that the initial loss is on record.
       log = (step % config.log_every_steps == 0 or is_last or step == 1
              or preempted)
-      figure = pretraining and (step % config.figure_every_steps == 0
-                                or is_last)
-      evaluate = not pretraining and (step % config.eval_every_steps == 0
-                                      or is_last)
+      # An interval of 0 means: after the last step only.
+      due = [e for e in evaluators if is_last or (
+          e.every_steps > 0 and step % e.every_steps == 0)]
       save = step % config.checkpoint_every_steps == 0 or is_last or preempted
-      if not (log or figure or evaluate or save):
+      if not (log or due or save):
         continue
-      params = devices_lib.unreplicate(state.params) if figure or save else None
+      params = (devices_lib.unreplicate(state.params) if due or save
+                else None)
       # Nothing is written from a state that has diverged.
       _raise_if_diverged(train_metrics, params, step, checkpointer)
       if log:
@@ -446,21 +394,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         writer.write_scalars(step, scalars)
         train_metrics = None
         interval_start, interval_first_step = time.time(), step
-      if evaluate:
-        scalars = evaluator(state)
-        logging.info("Evaluation at step %d: %s", step, scalars)
-        writer.write_scalars(step, scalars)
-        interval_start = time.time()  # evaluation time is not training time
-      if figure:
-        image = make_figure(params)
-        if jax.process_index() == 0:
-          writer.write_images(step, {"reconstruction": image[None]})
-          visualize.save_png(
-              image, str(epath.Path(workdir) / f"reconstruction_{step:07d}.png"),
-              task.model.image_size)
+      # Saved before the evaluators run, so that an evaluation that fails
+      # does not lose the step.
       if save:
         checkpointer.save(step, checkpoint_tree(devices_lib.unreplicate(state)),
                           config)
+      for evaluator in due:
+        _write_report(writer, workdir, step, evaluator(state))
+      if due:
+        interval_start = time.time()  # evaluation time is not training time
       if preempted:
         logging.warning("Preempted: saved step %d in %s and stopping; run the "
                         "same command again to resume.", step, workdir)

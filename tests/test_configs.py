@@ -103,9 +103,9 @@ def test_imagenet_configs_hold_the_paper_recipe(config_file):
           model.decoder_num_heads) == (8, 512, 16)
   assert model.decoder_mlp_dim == 4 * 512
   assert model.mlp_dim == 4 * model.width
-  # 40 warm-up and 800 epochs of ImageNet-1k's 1,281,167 images, in steps.
-  assert config.warmup_steps == 40 * 1_281_167 // 4096 == 12511
-  assert config.total_steps == 800 * 1_281_167 // 4096 == 250227
+  # 40 warm-up and 800 epochs, turned into steps when the run starts.
+  assert (config.total_epochs, config.warmup_epochs) == (800, 40)
+  assert (config.total_steps, config.warmup_steps) == (0, 0)
   data = config.data
   assert (data.source, data.name, data.split) == ("tfds", "imagenet2012",
                                                   "train")
@@ -136,8 +136,9 @@ def test_linear_probe_configs_hold_the_paper_recipe(config_file):
   assert (opt.name, opt.base_lr, opt.momentum, opt.trust_coefficient,
           opt.weight_decay) == ("lars", 0.1, 0.9, 0.001, 0.0)
   assert optim.peak_learning_rate(config) == pytest.approx(6.4)
-  assert config.total_steps == 90 * 1_281_167 // 16384
-  assert config.warmup_steps == 10 * 1_281_167 // 16384
+  assert (config.total_epochs, config.warmup_epochs) == (90, 10)
+  assert (config.total_steps, config.warmup_steps) == (0, 0)
+  assert (config.eval_every_epochs, config.eval_every_steps) == (1, 0)
   assert tuple(config.data.crop_scale) == (0.08, 1.0)
   assert config.data.rand_augment_num_ops == 0
   augment = config.augment
@@ -163,8 +164,9 @@ def test_finetune_configs_hold_the_paper_recipe(config_file, epochs, base_lr,
   assert (opt.name, opt.base_lr, opt.b1, opt.b2, opt.weight_decay,
           opt.layer_decay, opt.min_lr) == ("adamw", base_lr, 0.9, 0.999, 0.05,
                                            layer_decay, 1e-6)
-  assert config.total_steps == epochs * 1_281_167 // 1024
-  assert config.warmup_steps == 5 * 1_281_167 // 1024
+  assert (config.total_epochs, config.warmup_epochs) == (epochs, 5)
+  assert (config.total_steps, config.warmup_steps) == (0, 0)
+  assert (config.eval_every_epochs, config.eval_every_steps) == (1, 0)
   assert (augment.mixup_alpha, augment.cutmix_alpha, augment.switch_prob,
           augment.label_smoothing, augment.random_erasing,
           augment.mix_group_size) == (0.8, 1.0, 0.5, 0.1, 0.25, 32)
@@ -205,7 +207,8 @@ def test_encoder_size_needs_a_numeric_patch():
 
 def _config(**overrides):
   config = common.pretrain_config("base/16")
-  config.update(batch_size=64, total_steps=100, warmup_steps=10)
+  config.batch_size = 64
+  common.in_steps(config, total=100, warmup=10)
   config.update(overrides)
   return config
 
@@ -246,6 +249,12 @@ def test_validate_config_rejects_warmup_longer_than_training():
   assert "total_steps (100)" in message
 
 
+def test_validate_config_rejects_a_duration_given_twice():
+  with pytest.raises(ValueError, match="total_epochs=800.0 and total_steps=100"
+                     ".*both set"):
+    train.validate_config(_config(total_epochs=800.0), 1, 8)
+
+
 def test_validate_config_rejects_unknown_mode():
   with pytest.raises(ValueError) as info:
     train.validate_config(_config(mode="fine_tune"), 1, 8)
@@ -257,7 +266,8 @@ def test_validate_config_rejects_unknown_mode():
 def _finetune(**overrides):
   config = common.finetune_config("base/16", epochs=1, base_lr=1e-3,
                                   layer_decay=0.75, drop_path_rate=0.1)
-  config.update(batch_size=64, total_steps=100, warmup_steps=10)
+  config.batch_size = 64
+  common.in_steps(config, total=100, warmup=10)
   config.augment.mix_group_size = 8
   config.update(overrides)
   return config
@@ -274,4 +284,12 @@ def test_validate_config_rejects_odd_micro_batches_with_mixup():
 def test_validate_config_rejects_trainable_blocks_out_of_range():
   config = _finetune(trainable_blocks=13)
   with pytest.raises(ValueError, match="0..12"):
+    train.validate_config(config, 1, 8)
+
+
+def test_validate_config_rejects_a_mask_ratio_that_leaves_nothing_visible():
+  config = _config()
+  config.model.update(image_size=32, patch_size=16)  # 4 patches
+  config.model.mask_ratio = 0.8
+  with pytest.raises(ValueError, match="leaves no visible patch of 4"):
     train.validate_config(config, 1, 8)

@@ -68,3 +68,10 @@ class RandomMaskingTest(chex.TestCase, parameterized.TestCase):
   def test_num_kept_rejects_ratio_of_one(self):
     with self.assertRaisesRegex(ValueError, "mask_ratio"):
       masking.num_kept(16, 1.0)
+
+  def test_num_kept_rejects_a_ratio_that_leaves_no_patch_visible(self):
+    # int(196 * 0.01) = 1 stays; int(16 * 0.01) = 0 does not.
+    self.assertEqual(masking.num_kept(196, 0.99), 1)
+    with self.assertRaisesRegex(ValueError, "0.99 leaves no visible patch of "
+                                "16.*below 0.9375"):
+      masking.num_kept(16, 0.99)

@@ -14,6 +14,7 @@ import pytest
 
 from mae_jax import checkpointing
 from mae_jax import devices as devices_lib
+from mae_jax import evaluators
 from mae_jax import models
 from mae_jax import tasks
 from mae_jax import train
@@ -53,7 +54,7 @@ def test_linear_probe_keeps_the_encoder_bit_identical(tmp_path, pretrained):
   for name, value in _flat(mae_params["encoder"]).items():
     np.testing.assert_array_equal(encoder[name], value, err_msg=name)
   fresh = tasks.make_task(config, train.AXIS).init_variables(
-      jax.random.split(jax.random.key(config.seed))[0])
+      jax.random.split(jax.random.key(config.seed))[0], load_pretrained=False)
   assert not np.allclose(state.params["head"]["kernel"],
                          fresh[0]["head"]["kernel"])
   assert np.any(state.model_state["batch_stats"]["head_norm"]["mean"] != 0)
@@ -67,7 +68,7 @@ def test_partial_fine_tuning_trains_only_the_last_blocks(tmp_path, pretrained):
                                   trainable_blocks=1)
   state = train.train_and_evaluate(config, str(tmp_path))
   fresh, _ = tasks.make_task(config, train.AXIS).init_variables(
-      jax.random.split(jax.random.key(config.seed))[0])
+      jax.random.split(jax.random.key(config.seed))[0], load_pretrained=False)
   for name in ("fc_norm", "head"):
     assert not np.array_equal(state.params[name]["bias"],
                               fresh[name]["bias"]), name
@@ -113,8 +114,8 @@ def test_evaluation_counts_every_example_exactly_once(tmp_path):
   state = train.create_train_state(task, config, jax.random.key(0),
                                    lambda _: 0.0, load_init_from=False)
   devices = jax.local_devices()
-  scalars = train.Evaluator(task, config, devices)(
-      devices_lib.replicate(state, devices))
+  scalars = evaluators.TopKAccuracy(task, config, devices)(
+      devices_lib.replicate(state, devices)).scalars
 
   source = sources.DigitsSource("test", 16)
   images = np.stack([transforms.center_crop(source[i].image, 16)
@@ -168,3 +169,15 @@ def test_eval_only_without_a_checkpoint_is_a_clear_error(tmp_path):
   config = tiny_classifier_config("finetune", eval_only=True)
   with pytest.raises(FileNotFoundError, match="no checkpoint under"):
     train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_without_mixup_any_per_device_batch_trains(tmp_path):
+  # 2 examples per device, not a multiple of the (unused) group size 32:
+  # the README's linear-probe demo on 8 devices.
+  config = tiny_classifier_config("linear_probe", total_steps=1,
+                                  eval_every_steps=1)
+  config.augment.mix_group_size = 32
+  assert config.augment.mixup_alpha == config.augment.cutmix_alpha == 0.0
+  train.validate_config(config, 1, 8)
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 1

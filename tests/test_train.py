@@ -39,9 +39,7 @@ def _fixed_batch(config, num_devices):
 
 def _step_fn(config, grad_accum_steps=1):
   task = tasks.make_task(config, train.AXIS)
-  schedule = optim.warmup_cosine_schedule(
-      optim.peak_learning_rate(config), config.warmup_steps,
-      config.total_steps)
+  schedule = optim.make_schedule(config)
   state = train.create_train_state(task, config, jax.random.key(0), schedule)
   step = jax.pmap(functools.partial(
       train.train_step, task=task, schedule=schedule,
@@ -74,7 +72,8 @@ def test_gradient_accumulation_matches_the_whole_batch():
 
   def loss_fn(params, model_state, batch):
     images, noise = batch
-    return model.apply({"params": params}, images, noise).loss, model_state
+    out = model.apply({"params": params}, images, noise)
+    return out.loss, (model_state, {"mean_pred": out.pred.mean()})
 
   accumulate = jax.jit(train.accumulate_gradients, static_argnums=(0, 4))
   whole = accumulate(loss_fn, params, {}, (images, noise), 1)
@@ -156,3 +155,17 @@ def test_parameters_overflowed_by_the_last_step_are_not_saved(tmp_path):
   with pytest.raises(FloatingPointError, match=r"not finite at step 3"):
     train.train_and_evaluate(config, workdir)
   assert train.checkpointing.Checkpointer(workdir, 3).all_steps() == [2]
+
+
+def test_a_run_in_epochs_trains_the_steps_they_make(tmp_path):
+  # 1497 training digits at batch 16: 93 steps an epoch; 0.05 epochs -> 5.
+  config = tiny_config(total_steps=0, total_epochs=0.05, warmup_steps=0,
+                       warmup_epochs=0.02, log_every_steps=1)
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 5
+  records = _read_metrics(tmp_path)
+  assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
+  # Warm-up of round(0.02 * 93) = 2 steps: lr 0 at step 1, the peak at 3.
+  peak = optim.peak_learning_rate(config)
+  lrs = [r["train/lr"] for r in records]
+  np.testing.assert_allclose(lrs[:3], [0.0, peak / 2, peak], rtol=1e-6)

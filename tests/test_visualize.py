@@ -59,15 +59,33 @@ def test_masked_panel_hides_removed_patches_and_pasted_keeps_visible_ones():
   np.testing.assert_array_equal(pasted[4:, 4:], original[0][4:, 4:])
 
 
-def test_save_png_upscales_small_images(tmp_path):
+def test_upscale_makes_every_panel_at_least_min_panel_wide():
   figure = np.zeros((18, 38, 3), np.uint8)  # 2 rows of 8x8 panels
+  assert visualize.upscale(figure, image_size=8,
+                           min_panel=100).shape == (18 * 13, 38 * 13, 3)
+  assert visualize.upscale(figure, image_size=224).shape == (18, 38, 3)
+
+
+def test_save_png_writes_the_figure(tmp_path):
+  figure = np.random.RandomState(0).randint(0, 256, (18, 38, 3)).astype(
+      np.uint8)
   path = str(tmp_path / "fig.png")
-  visualize.save_png(figure, path, image_size=8, min_panel=100)
+  visualize.save_png(figure, path)
   with Image.open(path) as image:
-    assert image.size == (38 * 13, 18 * 13)
-  visualize.save_png(figure, path, image_size=224)
-  with Image.open(path) as image:
-    assert image.size == (38, 18)
+    np.testing.assert_array_equal(np.asarray(image), figure)
+
+
+def test_column_titles_are_drawn_above_their_columns():
+  figure = np.full((40, 4 * 42 - 2, 3), 100, np.uint8)
+  titled = visualize.annotate(figure, columns=("a", "b", "c", "d"))
+  top = titled.shape[0] - figure.shape[0]
+  np.testing.assert_array_equal(titled[top:], figure)
+  header = titled[:top] < 128  # dark text on white
+  quarter = figure.shape[1] // 4
+  for column in range(4):  # every column has its own title
+    assert header[:, column * quarter:(column + 1) * quarter].any(), column
+  assert visualize.COLUMNS == ("masked input", "reconstruction",
+                               "with visible patches", "original")
 
 
 def test_figure_matches_model_output_shapes():
@@ -78,14 +96,11 @@ def test_figure_matches_model_output_shapes():
   assert figure.shape == (3 * 18 - 2, 4 * 18 - 2, 3)
 
 
-def test_title_is_drawn_above_the_panels(tmp_path):
-  figure = np.full((18, 38, 3), 100, np.uint8)
-  plain, titled = str(tmp_path / "plain.png"), str(tmp_path / "titled.png")
-  visualize.save_png(figure, plain, image_size=8, min_panel=100)
-  visualize.save_png(figure, titled, image_size=8, min_panel=100,
-                     title="a title long enough to be wrapped " * 8)
-  with Image.open(plain) as p, Image.open(titled) as t:
-    plain, titled = np.asarray(p), np.asarray(t)
+def test_title_is_drawn_above_the_panels():
+  figure = visualize.upscale(np.full((18, 38, 3), 100, np.uint8), 8, 100)
+  plain = visualize.annotate(figure)
+  titled = visualize.annotate(
+      figure, title="a title long enough to be wrapped " * 8)
   top = titled.shape[0] - plain.shape[0]
   assert top > 30  # several lines
   np.testing.assert_array_equal(titled[top:], plain)

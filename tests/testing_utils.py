@@ -25,8 +25,7 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
   config.data.update(source="digits", split="train", crop_scale=(0.5, 1.0),
                      num_workers=2)
   config.batch_size = 16
-  config.total_steps = 6
-  config.warmup_steps = 2
+  common.in_steps(config, total=6, warmup=2)
   config.optimizer.base_lr = 1e-3
   config.log_every_steps = 2
   config.checkpoint_every_steps = 3
@@ -52,11 +51,10 @@ def tiny_classifier_config(mode: str = "finetune", **overrides
                      rand_augment_num_ops=0)
   config.augment.mix_group_size = 2  # 2 examples per device on 8 devices
   config.batch_size = 16
-  config.total_steps = 4
-  config.warmup_steps = 1
+  common.in_steps(config, total=4, warmup=1)
   config.log_every_steps = 2
   config.checkpoint_every_steps = 2
-  config.eval_every_steps = 4
+  config.eval_every_epochs, config.eval_every_steps = 0.0, 4
   config.update(overrides)
   return config
 
