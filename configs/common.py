@@ -143,6 +143,10 @@ def _classification_config(mode: str, model: ml_collections.ConfigDict,
   config.seed = 0
   # A pretraining workdir (or checkpoint) of ours; '' = random init.
   config.init_from = ""
+  # At another resolution than init_from's: 'bicubic' resizes its position
+  # table (the reference's interpolate_pos_embed); 'sincos' starts from the
+  # sin-cos table of the new grid.
+  config.pos_embed_resize = "bicubic"
   # Only evaluate the newest checkpoint in the workdir, then stop.
   config.eval_only = False
   config.model = model
