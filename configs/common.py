@@ -105,6 +105,10 @@ def _logging(config: ml_collections.ConfigDict):
   config.log_every_steps = 100
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
+  # 0: resume from the newest checkpoint in the workdir. N: from kept step N
+  # instead (after a divergence); the later steps are moved aside as
+  # checkpoints/<step>.abandoned.<time>, once.
+  config.resume_step = 0
 
 
 def pretrain_config(model_name: str) -> ml_collections.ConfigDict:

@@ -107,6 +107,9 @@ class TopKAccuracy:
     if totals["count"] != len(self._source):
       raise RuntimeError(f"evaluated {totals['count']} examples of "
                          f"{len(self._source)}")
+    # In Python floats: the counts come back as float32, whose quotient is
+    # off in the 7th digit.
+    count = float(totals["count"])
     return Report(scalars={
-        "eval/top1": float(100 * totals["top1"] / totals["count"]),
-        "eval/top5": float(100 * totals["top5"] / totals["count"])})
+        "eval/top1": 100 * float(totals["top1"]) / count,
+        "eval/top5": 100 * float(totals["top5"]) / count})
