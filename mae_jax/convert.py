@@ -28,6 +28,7 @@ Command line (the checkpoint it writes is what `config.init_from` takes):
   python -m mae_jax.convert --src=HF_DIR --dst=DIR
   python -m mae_jax.convert --src=OUR_WORKDIR --dst=HF_DIR --format=hf
   python -m mae_jax.convert --src=encoder.pkl --dst=DIR   (CAE's tokenizer)
+A --dst that is not empty is refused unless --overwrite.
 """
 
 import argparse
@@ -912,8 +913,18 @@ def main(argv: list[str] | None = None):
   parser.add_argument("--format", choices=("mae_jax", "hf"), default="mae_jax",
                       help="mae_jax: DST/checkpoints/0 (orbax, our layout); "
                       "hf: config.json + model.safetensors")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="write into a --dst that is not empty, replacing "
+                      "its checkpoints/ (mae_jax) or config.json and "
+                      "model.safetensors (hf)")
   add_model_arguments(parser)
   args = parser.parse_args(argv)
+  dst = epath.Path(args.dst)
+  if dst.exists() and not dst.is_dir():
+    parser.error(f"--dst={args.dst} is a file; give a directory")
+  if dst.exists() and any(dst.iterdir()) and not args.overwrite:
+    parser.error(f"--dst={args.dst} is not empty; give a new directory, or "
+                 "--overwrite to replace what it holds")
   config, params = load_from_arguments(args.src, args)
   if args.format == "hf":
     if config.mode == dalle.TOKENIZER_MODE:
@@ -921,6 +932,8 @@ def main(argv: list[str] | None = None):
                    "ViTMAE models only")
     save_hf_vitmae(config.model, params, args.dst)
   else:
+    # orbax would keep an existing step 0 and skip the save.
+    (dst / "checkpoints").rmtree(missing_ok=True)
     checkpointing.save_params(args.dst, config, params)
   count = sum(np.size(v) for v in jax.tree.leaves(params))
   print(f"{args.src} -> {args.dst} ({args.format}): mode={config.mode}, "

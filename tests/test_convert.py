@@ -521,6 +521,35 @@ def test_official_classifier_matches_torch_reference(hf_dirs, tmp_path, head):
       atol=ATOL, rtol=ATOL)
 
 
+# ---------------------------------------- refusing a destination in use
+
+
+def test_cli_refuses_a_destination_that_holds_a_checkpoint(tmp_path, capsys):
+  first, second = tmp_path / "first", tmp_path / "second"
+  params = _random_params()
+  other = jax.tree.map(lambda x: x + 1, params)
+  convert.save_hf_vitmae(_small_config(), params, str(first))
+  convert.save_hf_vitmae(_small_config(), other, str(second))
+  dst = tmp_path / "ours"
+  convert.main([f"--src={first}", f"--dst={dst}"])
+  with pytest.raises(SystemExit) as exit_info:
+    convert.main([f"--src={second}", f"--dst={dst}"])
+  assert exit_info.value.code == 2
+  assert "is not empty; give a new directory, or --overwrite" in (
+      capsys.readouterr().err)
+  chex.assert_trees_all_equal(checkpointing.load_params(str(dst))[1], params)
+  convert.main([f"--src={second}", f"--dst={dst}", "--overwrite"])
+  chex.assert_trees_all_equal(checkpointing.load_params(str(dst))[1], other)
+
+
+def test_cli_refuses_a_file_as_destination(tmp_path, capsys):
+  (tmp_path / "file").write_text("")
+  with pytest.raises(SystemExit):
+    convert.main([f"--src={tmp_path}", f"--dst={tmp_path / 'file'}",
+                  "--overwrite"])
+  assert "is a file; give a directory" in capsys.readouterr().err
+
+
 # ----------------------------------------- the DALL-E tokenizer (issue 9)
 
 HAVE_DALLE = HAVE_TORCH and importlib.util.find_spec("dall_e") is not None
