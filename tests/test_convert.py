@@ -1,8 +1,11 @@
 """Import/export of official MAE and HuggingFace ViTMAE weights, and numerical
-parity with the PyTorch models (the acceptance test of issue 4).
+parity with the PyTorch models (the acceptance test of issue 4); reading
+DALL-E's pickled encoder (issue 9; its parity is in test_dalle.py); the
+command line.
 
-The parity tests need torch and transformers (requirements-test.txt) and are
-skipped, saying so, without them; the rest needs neither.
+The parity tests need torch and transformers (requirements-test.txt), the
+DALL-E tests torch and the DALL-E package; they are skipped, saying so,
+without them; the rest needs none of these.
 """
 
 import argparse
@@ -552,15 +555,12 @@ def test_cli_refuses_a_file_as_destination(tmp_path, capsys):
 
 # ----------------------------------------- the DALL-E tokenizer (issue 9)
 
-HAVE_DALLE = HAVE_TORCH and importlib.util.find_spec("dall_e") is not None
+HAVE_DALLE = all(importlib.util.find_spec(name) is not None
+                 for name in ("torch", "dall_e"))
 needs_dalle = pytest.mark.skipif(
     not HAVE_DALLE, reason="the DALL-E tests need torch and the DALL-E "
     "package: pip install --no-deps DALL-E==0.1")
 SMALL_DALLE = dict(hidden_width=64, blocks_per_group=1, vocab_size=512)
-
-
-def _dalle_state(model):
-  return {k: v.numpy() for k, v in model.state_dict().items()}
 
 
 @needs_dalle
@@ -581,7 +581,7 @@ def test_pickled_dalle_encoder_converts_through_the_cli(tmp_path, capsys,
   assert dict(stored_config.model) == dict(
       hidden_width=64, blocks_per_group=2, vocab_size=512)
   params = dalle.load_tokenizer(str(tmp_path / "tokenizer"))
-  state = _dalle_state(model)
+  state = {k: v.numpy() for k, v in model.state_dict().items()}
   ours = flax.traverse_util.flatten_dict(params, sep="/")
   assert len(ours) == len(state) == 2 * (1 + 4 * 2 * 4 + 3 + 1)
   np.testing.assert_array_equal(

@@ -29,7 +29,7 @@ SMALL = dict(hidden_width=64, blocks_per_group=1, vocab_size=512)
 FULL = dict(hidden_width=256, blocks_per_group=2, vocab_size=8192)
 
 
-def torch_encoder(seed: int, hidden_width: int, blocks_per_group: int,
+def _torch_encoder(seed: int, hidden_width: int, blocks_per_group: int,
                   vocab_size: int):
   """dall_e's Encoder with random weights and biases (its init leaves the
   biases zero, which would hide a misplaced one)."""
@@ -78,7 +78,7 @@ def _ours(tmp_path, model):
 @pytest.mark.parametrize("sizes,count", [(SMALL, 4), (FULL, 2)],
                          ids=["small", "released_size"])
 def test_logits_and_codes_match_the_dall_e_package(tmp_path, sizes, count):
-  model = torch_encoder(0, **sizes)
+  model = _torch_encoder(0, **sizes)
   config, params = _ours(tmp_path, model)
   assert dict(config.model) == sizes
   images = _images(count)
