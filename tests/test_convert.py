@@ -1,13 +1,13 @@
 """Import/export of official MAE and HuggingFace ViTMAE weights, and numerical
 parity with the PyTorch models (the acceptance test of issue 4).
 
-The parity tests need torch and transformers (requirements-test.txt) and are
-skipped, saying so, without them; the rest needs neither.
+The parity tests need torch and transformers (requirements-test.txt): without
+them they are skipped, saying so, or fail in CI (tests/testing_utils.py's
+require_modules); the rest needs neither.
 """
 
 import argparse
 import functools
-import importlib.util
 import json
 import sys
 
@@ -23,11 +23,7 @@ from mae_jax import checkpointing
 from mae_jax import convert
 from mae_jax import models
 
-HAVE_TORCH = all(importlib.util.find_spec(name) is not None
-                 for name in ("torch", "transformers"))
-needs_torch = pytest.mark.skipif(
-    not HAVE_TORCH, reason="the parity tests need torch and transformers: "
-    "pip install -r requirements-test.txt")
+needs_torch = pytest.mark.needs_modules("torch", "transformers")
 
 # Deliberately not square-number friendly: a 6x6 grid, 9 visible patches,
 # an MLP that is not 4x the width, heads of 24 and 16 channels.
