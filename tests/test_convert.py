@@ -4,13 +4,13 @@ DALL-E's pickled encoder (issue 9; its parity is in test_dalle.py); the
 command line.
 
 The parity tests need torch and transformers (requirements-test.txt), the
-DALL-E tests torch and the DALL-E package; they are skipped, saying so,
-without them; the rest needs none of these.
+DALL-E tests torch and the DALL-E package: without them they are skipped,
+saying so, or fail in CI (tests/testing_utils.py's require_modules); the rest
+needs none of these.
 """
 
 import argparse
 import functools
-import importlib.util
 import json
 import os
 import sys
@@ -29,11 +29,7 @@ from mae_jax import convert
 from mae_jax import models
 from mae_jax.models import dalle
 
-HAVE_TORCH = all(importlib.util.find_spec(name) is not None
-                 for name in ("torch", "transformers"))
-needs_torch = pytest.mark.skipif(
-    not HAVE_TORCH, reason="the parity tests need torch and transformers: "
-    "pip install -r requirements-test.txt")
+needs_torch = pytest.mark.needs_modules("torch", "transformers")
 
 # Deliberately not square-number friendly: a 6x6 grid, 9 visible patches,
 # an MLP that is not 4x the width, heads of 24 and 16 channels.
@@ -555,11 +551,7 @@ def test_cli_refuses_a_file_as_destination(tmp_path, capsys):
 
 # ----------------------------------------- the DALL-E tokenizer (issue 9)
 
-HAVE_DALLE = all(importlib.util.find_spec(name) is not None
-                 for name in ("torch", "dall_e"))
-needs_dalle = pytest.mark.skipif(
-    not HAVE_DALLE, reason="the DALL-E tests need torch and the DALL-E "
-    "package: pip install --no-deps DALL-E==0.1")
+needs_dalle = pytest.mark.needs_modules("torch", "dall_e")
 SMALL_DALLE = dict(hidden_width=64, blocks_per_group=1, vocab_size=512)
 
 

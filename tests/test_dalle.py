@@ -6,7 +6,6 @@ The parity tests need torch and the DALL-E package (`pip install --no-deps
 DALL-E==0.1`); they are skipped, saying so, without them.
 """
 
-import importlib.util
 
 import flax
 import jax
@@ -19,11 +18,7 @@ from mae_jax import checkpointing
 from mae_jax import convert
 from mae_jax.models import dalle
 
-HAVE_DALLE = all(importlib.util.find_spec(name) is not None
-                 for name in ("torch", "dall_e"))
-needs_dalle = pytest.mark.skipif(
-    not HAVE_DALLE, reason="the DALL-E parity tests need torch and the DALL-E "
-    "package: pip install --no-deps DALL-E==0.1")
+needs_dalle = pytest.mark.needs_modules("torch", "dall_e")
 
 SMALL = dict(hidden_width=64, blocks_per_group=1, vocab_size=512)
 FULL = dict(hidden_width=256, blocks_per_group=2, vocab_size=8192)
