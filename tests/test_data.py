@@ -3,7 +3,6 @@
 import math
 import threading
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -415,87 +414,3 @@ def test_local_batch_layout_rejects_indivisible_batch():
   assert "8 devices" in message
   assert "multiple of 8" in message
   assert "--config.batch_size=96" in message
-
-
-# Transforms.
-
-
-def _random_image(height, width, seed=0):
-  return np.random.default_rng(seed).integers(
-      0, 256, (height, width, 3), dtype=np.uint8)
-
-
-def test_random_resized_crop_shape_and_determinism():
-  image = _random_image(30, 45)
-  crop = lambda seed: transforms.random_resized_crop(
-      image, np.random.default_rng(seed), 12, (0.2, 1.0), (3 / 4, 4 / 3))
-  out = crop(7)
-  assert out.shape == (12, 12, 3)
-  assert out.dtype == np.uint8
-  np.testing.assert_array_equal(out, crop(7))
-  assert not np.array_equal(out, crop(8))
-
-
-def test_random_resized_crop_of_full_square_is_a_bicubic_resize():
-  image = _random_image(20, 20)
-  out = transforms.random_resized_crop(image, np.random.default_rng(1), 12,
-                                       (1.0, 1.0), (1.0, 1.0))
-  expected = np.asarray(Image.fromarray(image).resize((12, 12), Image.BICUBIC))
-  np.testing.assert_array_equal(out, expected)
-
-
-@pytest.mark.parametrize("shape", [(4, 200), (200, 4)])
-def test_random_resized_crop_falls_back_to_the_centre(shape):
-  # No crop of 20-100% area and aspect 3/4..4/3 fits: the centre is taken.
-  image = _solid(*shape, BLUE)
-  if shape[0] < shape[1]:
-    image[:, 90:110] = RED
-  else:
-    image[90:110, :] = RED
-  for seed in range(3):
-    out = transforms.random_resized_crop(image, np.random.default_rng(seed), 8,
-                                         (0.2, 1.0), (3 / 4, 4 / 3))
-    assert out.shape == (8, 8, 3)
-    np.testing.assert_array_equal(out, _solid(8, 8, RED))
-
-
-def test_center_crop_takes_the_centre():
-  image = _solid(64, 128, BLUE)
-  image[:, 24:104] = RED
-  image[:, 104:] = GREEN
-  out = transforms.center_crop(image, 16)
-  assert out.shape == (16, 16, 3)
-  assert out.dtype == np.uint8
-  np.testing.assert_array_equal(out, _solid(16, 16, RED))
-
-
-def test_center_crop_of_small_image_upsamples():
-  out = transforms.center_crop(_random_image(5, 9), 16)
-  assert out.shape == (16, 16, 3)
-
-
-def test_normalize_denormalize_round_trip():
-  images = _random_image(6, 7)
-  for xp in (np, jnp):
-    normalized = transforms.normalize(xp.asarray(images), xp=xp)
-    assert normalized.dtype == xp.float32
-    back = np.asarray(transforms.denormalize(normalized, xp=xp))
-    np.testing.assert_allclose(back * 255, images, atol=1e-3)
-  # Mean/std normalisation: the ImageNet mean colour maps to zero.
-  mean_colour = np.round(np.asarray(transforms.IMAGENET_MEAN) * 255)
-  np.testing.assert_allclose(
-      transforms.normalize(mean_colour.astype(np.uint8)), 0, atol=0.01)
-
-
-def test_random_horizontal_flip_depends_on_the_rng():
-  image = _random_image(4, 6)
-  outcomes = []
-  for seed in range(16):
-    out = transforms.random_horizontal_flip(image, np.random.default_rng(seed))
-    again = transforms.random_horizontal_flip(image,
-                                              np.random.default_rng(seed))
-    np.testing.assert_array_equal(out, again)
-    flipped = np.array_equal(out, image[:, ::-1])
-    assert flipped or np.array_equal(out, image)
-    outcomes.append(flipped)
-  assert any(outcomes) and not all(outcomes)
