@@ -1,4 +1,4 @@
-"""Data sources, per-image transforms and the deterministic train pipeline."""
+"""The deterministic train pipeline and evaluation batches."""
 
 import math
 import threading
@@ -77,112 +77,6 @@ def _assert_batches_equal(a, b):
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-# Sources.
-
-
-def test_digits_splits_have_documented_sizes_and_types():
-  train = sources.DigitsSource("train", 16)
-  test = sources.DigitsSource("test", 16)
-  assert (len(train), len(test)) == (1497, 300)
-  assert train.num_classes == 10
-  for source in (train, test):
-    for i in (0, len(source) - 1):
-      example = source[i]
-      assert example.image.shape == (16, 16, 3)
-      assert example.image.dtype == np.uint8
-      assert 0 <= example.label <= 9
-      assert example.image.max() > example.image.min()  # not blank
-  assert {train[i].label for i in range(50)} == set(range(10))
-
-
-def test_digits_unknown_split_raises():
-  with pytest.raises(ValueError, match="validation"):
-    sources.DigitsSource("validation", 16)
-
-
-def test_synthetic_source_is_a_pure_function_of_the_index():
-  source = sources.SyntheticSource(10, num_classes=7, num_examples=20)
-  again = sources.SyntheticSource(10, num_classes=7, num_examples=20)
-  assert len(source) == 20
-  assert source.num_classes == 7
-  first = source[3]
-  assert first.image.shape == (10, 10, 3)
-  assert first.image.dtype == np.uint8
-  np.testing.assert_array_equal(first.image, again[3].image)
-  assert first.label == again[3].label
-  assert not np.array_equal(first.image, source[4].image)
-  assert all(0 <= source[i].label < 7 for i in range(20))
-
-
-def test_open_source_unknown_kind_raises():
-  with pytest.raises(ValueError, match="folder"):
-    sources.open_source(_data_config(source="imagefolder"), "train", 8)
-
-
-@pytest.fixture
-def image_folder(tmp_path):
-  """root/train/{cat,dog}/ with PNG, JPEG, grayscale and a non-image file."""
-  root = tmp_path / "images"
-  _save(root / "train" / "dog" / "a.png", _solid(10, 14, RED))
-  _save(root / "train" / "dog" / "b.jpg", _solid(9, 9, GREEN))
-  _save(root / "train" / "cat" / "c.png", _solid(7, 12, BLUE))
-  gray = np.arange(5 * 6, dtype=np.uint8).reshape(5, 6) * 8
-  _save(root / "train" / "cat" / "gray.PNG", gray)
-  (root / "train" / "cat" / "notes.txt").write_text("not an image")
-  return root
-
-
-def test_folder_source_reads_images_with_labels_by_sorted_class(image_folder):
-  source = sources.FolderSource(str(image_folder), "train")
-  assert source.classes == ["cat", "dog"]
-  assert source.num_classes == 2
-  assert len(source) == 4  # notes.txt is not an image
-  examples = [source[i] for i in range(len(source))]
-  by_shape = {e.image.shape: e for e in examples}
-  assert set(by_shape) == {(10, 14, 3), (9, 9, 3), (7, 12, 3), (5, 6, 3)}
-  assert all(e.image.dtype == np.uint8 for e in examples)
-  # cat (label 0): the blue PNG and the grayscale one.
-  np.testing.assert_array_equal(by_shape[(7, 12, 3)].image, _solid(7, 12, BLUE))
-  assert by_shape[(7, 12, 3)].label == 0
-  gray = np.arange(30, dtype=np.uint8).reshape(5, 6) * 8
-  np.testing.assert_array_equal(by_shape[(5, 6, 3)].image,
-                                np.stack([gray] * 3, axis=-1))
-  assert by_shape[(5, 6, 3)].label == 0
-  # dog (label 1): the red PNG and the green JPEG (lossy).
-  np.testing.assert_array_equal(by_shape[(10, 14, 3)].image,
-                                _solid(10, 14, RED))
-  assert by_shape[(10, 14, 3)].label == 1
-  np.testing.assert_allclose(by_shape[(9, 9, 3)].image.mean(axis=(0, 1)),
-                             GREEN, atol=8)
-  assert by_shape[(9, 9, 3)].label == 1
-
-
-def test_folder_source_missing_split_names_path_and_contents(image_folder):
-  with pytest.raises(FileNotFoundError) as info:
-    sources.FolderSource(str(image_folder), "val")
-  message = str(info.value)
-  assert str(image_folder / "val") in message
-  assert "'train'" in message  # what the root holds instead
-
-
-def test_folder_source_missing_root_says_it_does_not_exist(tmp_path):
-  with pytest.raises(FileNotFoundError, match="does not exist"):
-    sources.FolderSource(str(tmp_path / "nowhere"), "train")
-
-
-def test_folder_source_without_images_raises(tmp_path):
-  (tmp_path / "train" / "cat").mkdir(parents=True)
-  (tmp_path / "train" / "cat" / "readme.txt").write_text("x")
-  with pytest.raises(FileNotFoundError, match="no images") as info:
-    sources.FolderSource(str(tmp_path), "train")
-  assert str(tmp_path / "train") in str(info.value)
-
-
-def test_folder_source_needs_data_dir():
-  with pytest.raises(ValueError, match="--config.data.data_dir"):
-    sources.open_source(_data_config(source="folder", data_dir=""), "train", 8)
-
-
 # Corrupt images.
 
 
@@ -196,16 +90,6 @@ def folder_with_corrupt_image(tmp_path):
   bad = tmp_path / "train" / "class0" / "broken.jpg"
   bad.write_bytes(b"\xff\xd8 this is not a jpeg " * 7)
   return tmp_path, bad, colours
-
-
-def test_folder_source_corrupt_image_raises_with_its_path(
-    folder_with_corrupt_image):
-  root, bad, _ = folder_with_corrupt_image
-  source = sources.FolderSource(str(root), "train")
-  index = [str(f) for f in source._files].index(str(bad))  # pylint: disable=protected-access
-  with pytest.raises(sources.CorruptImageError) as info:
-    source[index]  # pylint: disable=pointless-statement
-  assert info.value.where == str(bad)
 
 
 def test_corrupt_image_fails_the_pipeline_naming_file_and_fix(
@@ -249,40 +133,6 @@ def test_corrupt_image_is_replaced_by_a_readable_one_with_skip(
       # Every image is one of the readable solid colours, nothing else.
       assert min(np.abs(image - c).max() for c in colours) <= 1
   assert batches.skipped_images > 0
-
-
-# tfds.
-
-
-def test_tfds_imagenet_source_yields_rgb_uint8(make_pipeline):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  config = _data_config(source="tfds", name="imagenet2012", data_dir="")
-  with tfds.testing.mock_data(num_examples=6):
-    source = sources.open_source(config, "train", 8)
-    assert len(source) == 6
-    assert source.num_classes == 1000
-    for i in range(len(source)):
-      example = source[i]
-      assert example.image.ndim == 3 and example.image.shape[-1] == 3
-      assert example.image.dtype == np.uint8
-      assert 0 <= example.label < 1000
-    batch = next(make_pipeline(source, batch_size=4, image_size=8))
-  assert batch["image"].shape == (2, 2, 8, 8, 3)
-  assert batch["image"].dtype == np.uint8
-  assert batch["label"].shape == (2, 2)
-
-
-def test_tfds_unprepared_data_dir_explains_how_to_build(tmp_path):
-  with pytest.raises(FileNotFoundError) as info:
-    sources.TfdsSource("imagenet2012", "train", str(tmp_path))
-  message = str(info.value)
-  assert "--file_format=array_record" in message
-  assert str(tmp_path) in message
-
-
-def test_tfds_unknown_name_raises(tmp_path):
-  with pytest.raises(ValueError, match="--config.data.name"):
-    sources.TfdsSource("imagenet_2012_typo", "train", str(tmp_path))
 
 
 # The train pipeline.
