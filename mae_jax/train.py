@@ -24,6 +24,7 @@ from clu import metrics
 from clu import periodic_actions
 from etils import epath
 from flax.training import train_state
+from jax.experimental import multihost_utils
 
 from mae_jax import checkpointing
 from mae_jax import devices as devices_lib
@@ -261,8 +262,9 @@ class FigureMaker:
   """Reconstructions of a fixed set of images with a fixed masking."""
 
   def __init__(self, model: models.MAE, source: sources.Source, count: int,
-               seed: int):
-    images = pipeline.eval_images(source, count, model.image_size)
+               seed: int, corrupt_images: str = "fail"):
+    images = pipeline.eval_images(source, count, model.image_size,
+                                  corrupt_images)
     self._images = transforms.normalize(images)
     self._noise = jax.random.uniform(jax.random.key(seed),
                                      (len(images), model.num_patches))
@@ -293,21 +295,29 @@ class Evaluator:
     """`state` replicated over the devices."""
     totals = collections.Counter()
     # Evaluated in the micro-batches of training: what fits in memory there.
-    batches = pipeline.eval_batches(
-        self._source,
+    batches = pipeline.EvalBatches(
+        self._source, self._config.data,
         batch_size=self._config.batch_size // self._config.grad_accum_steps,
         image_size=self._config.model.image_size,
         local_device_count=len(self._devices),
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        num_workers=self._config.data.num_workers)
+        process_index=jax.process_index(), process_count=jax.process_count())
     for batch in batches:
       counts = self._eval_step(state, devices_lib.shard(batch, self._devices))
       totals.update(jax.device_get(devices_lib.unreplicate(counts)))
-    if totals["count"] != len(self._source):
-      raise RuntimeError(f"evaluated {totals['count']} examples of "
-                         f"{len(self._source)}")
-    return {"eval/top1": float(100 * totals["top1"] / totals["count"]),
-            "eval/top5": float(100 * totals["top5"] / totals["count"])}
+    skipped = summed_over_processes(batches.skipped_images)
+    if totals["count"] + skipped != len(self._source):
+      raise RuntimeError(f"evaluated {totals['count']} examples and skipped "
+                         f"{skipped} of {len(self._source)}")
+    scalars = {"eval/top1": float(100 * totals["top1"] / totals["count"]),
+               "eval/top5": float(100 * totals["top5"] / totals["count"])}
+    if skipped:
+      scalars["eval/skipped_images"] = skipped
+    return scalars
+
+
+def summed_over_processes(count: int) -> int:
+  """A per-process count summed over all processes (every one must call)."""
+  return int(np.sum(multihost_utils.process_allgather(np.int64(count))))
 
 
 def _pmap_devices(devices: Sequence[Any]) -> Sequence[Any] | None:
@@ -385,7 +395,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       start_step=start_step, local_device_count=len(devices),
       process_index=jax.process_index(), process_count=jax.process_count())
   make_figure = (FigureMaker(task.model, source, config.figure_images,
-                             config.seed) if pretraining else None)
+                             config.seed, config.data.corrupt_images)
+                 if pretraining else None)
   evaluator = None if pretraining else Evaluator(task, config, devices)
   writer = writers.create_writer(workdir)
   report_progress = periodic_actions.ReportProgress(
@@ -441,8 +452,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         checkpointer.check_for_errors()  # a failed async save stops the run
         scalars = _summary(train_metrics, step - interval_first_step,
                            config.batch_size, time.time() - interval_start)
-        if batches.skipped_images:
-          scalars["data/skipped_images"] = batches.skipped_images
+        skipped = summed_over_processes(batches.skipped_images)
+        if skipped:
+          scalars["data/skipped_images"] = skipped
         writer.write_scalars(step, scalars)
         train_metrics = None
         interval_start, interval_first_step = time.time(), step
