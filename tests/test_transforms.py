@@ -117,6 +117,16 @@ def test_two_view_crop_flips_first_then_resizes_one_box_twice(flip):
     assert second.shape == (8, 8, 3)
 
 
+def test_two_view_crop_draws_its_box_with_the_given_sampler():
+  image = _random_image(40, 60, seed=4)
+  view, _ = transforms.two_view_crop(
+      image, np.random.default_rng(1), 16, 8, (0.9, 1.0), RATIO, False,
+      sampler=transforms.clamped_box)
+  box = transforms.clamped_box(40, 60, np.random.default_rng(1), (0.9, 1.0),
+                               RATIO)
+  np.testing.assert_array_equal(view, transforms.resized_crop(image, box, 16))
+
+
 def test_two_view_crop_views_show_the_same_pixels():
   # A smooth image: the small view is the large one, smaller.
   y, x = np.mgrid[0:50, 0:70]

@@ -9,10 +9,11 @@ one would, and every process computes only its own slice of the batch.
 
 Decoding runs in worker processes (grain's `mp_prefetch`): at the TPU target
 a host must decode ~2,750 ViT-L images/s, beyond what threads sharing one
-interpreter lock can do (see BENCHMARKS.md). Workers compute chunks of at most
-`MAX_CHUNK` consecutive examples of a step, which the main process joins into
-the step's batch; as every example is a pure function of its position, the
-batches do not depend on the number of workers, threads or chunks.
+interpreter lock can do (`benchmarks/input_pipeline.py` measures both).
+Workers compute chunks of at most `MAX_CHUNK` consecutive examples of a step,
+which the main process joins into the step's batch; as every example is a
+pure function of its position, the batches do not depend on the number of
+workers, threads or chunks.
 """
 
 import dataclasses
@@ -145,7 +146,7 @@ class _TrainChunks:
       raise ValueError(
           "data.second_view_size and data.rand_augment_num_ops are both set; "
           "the second view must show the first one's pixels: set one to 0")
-    self._config = data_config.to_dict()
+    self._config = ml_collections.FrozenConfigDict(data_config)
     self._batch_size = batch_size
     self._image_size = image_size
     self._seed = seed
@@ -168,20 +169,20 @@ class _TrainChunks:
   def _augment(self, image: np.ndarray, rng: np.random.Generator
                ) -> dict[str, np.ndarray]:
     config, size = self._config, self._image_size
-    scale, ratio = tuple(config["crop_scale"]), tuple(config["crop_ratio"])
-    if config["second_view_size"]:
+    scale, ratio = tuple(config.crop_scale), tuple(config.crop_ratio)
+    if config.second_view_size:
       view, second = transforms.two_view_crop(
-          image, rng, size, config["second_view_size"], scale, ratio,
-          flip=config["horizontal_flip"])
+          image, rng, size, config.second_view_size, scale, ratio,
+          flip=config.horizontal_flip, sampler=self._sampler)
       return {"image": view, "second_view": second}
     box = self._sampler(*image.shape[:2], rng, scale, ratio)
     image = transforms.resized_crop(image, box, size)
-    if config["horizontal_flip"]:
+    if config.horizontal_flip:
       image = transforms.random_horizontal_flip(image, rng)
-    if config["rand_augment_num_ops"]:
+    if config.rand_augment_num_ops:
       image = randaugment.rand_augment(
-          image, rng, num_ops=config["rand_augment_num_ops"],
-          magnitude=config["rand_augment_magnitude"])
+          image, rng, num_ops=config.rand_augment_num_ops,
+          magnitude=config.rand_augment_magnitude)
     return {"image": image}
 
   def __call__(self, step: int, start: int, count: int) -> tuple[Batch, int]:
@@ -269,10 +270,6 @@ def _prefetched_steps(fn: ChunkFn, *, start: int, stop: int, local: int,
   start..stop-1, computed ahead on `threads` threads of `workers` processes
   (of this one if 0). About `prefetch` steps are held ready, spread over the
   workers (at least a chunk each): memory stays bounded with many workers."""
-  if not flags.FLAGS.is_parsed():
-    # grain reads its absl flags when it starts workers; outside an absl app
-    # (tests, scripts) their defaults apply.
-    flags.FLAGS.mark_as_parsed()
   chunk = _chunk_size(local)
   per_step = local // chunk
   dataset = grain.MapDataset.range(start * per_step, stop * per_step).map(
@@ -282,6 +279,10 @@ def _prefetched_steps(fn: ChunkFn, *, start: int, stop: int, local: int,
       num_threads=threads,
       prefetch_buffer_size=threads if workers else max(threads, ahead)))
   if workers:
+    if not flags.FLAGS.is_parsed():
+      # grain reads its absl flags when it starts workers; outside an absl
+      # app (tests, scripts) their defaults apply.
+      flags.FLAGS.mark_as_parsed()
     dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=workers, per_worker_buffer_size=-(-ahead // workers)))
   return iter(dataset.batch(per_step, batch_fn=_join))

@@ -227,8 +227,7 @@ class FolderSource:
     return Example(decode_image(data, str(path)), int(self._labels[index]))
 
 
-def _tfds_error(name: str, split: str, data_dir: str, error: Exception
-                ) -> Exception:
+def _tfds_error(name: str, data_dir: str, error: Exception) -> Exception:
   """A one- or two-line error that says what is wrong with a tfds data set
   and what to do, instead of tfds' own (a list of every data set, or a
   guess about file formats)."""
@@ -292,7 +291,7 @@ class TfdsSource:
           deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
     except (tfds.core.registered.DatasetNotFoundError, NotImplementedError,
             AssertionError, FileNotFoundError, KeyError, ValueError) as e:
-      raise _tfds_error(name, split, data_dir, e) from e
+      raise _tfds_error(name, data_dir, e) from e
     self._name = f"{name}[{split}]"
     self._features = self._data.dataset_info.features
     if "image" not in self._features:
@@ -302,6 +301,7 @@ class TfdsSource:
     self._has_label = "label" in self._features
     self.num_classes = (self._features["label"].num_classes
                         if self._has_label else 0)
+    self._decoders = {"image": tfds.decode.SkipDecoding()}  # keep the bytes
     self._retries = retries
 
   def __getstate__(self):
@@ -316,13 +316,12 @@ class TfdsSource:
     return len(self._data)
 
   def __getitem__(self, index: int) -> Example:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     where = f"{self._name} record {index}"
     record = read_with_retries(lambda: self._data[index], where,
                                self._retries)
     try:
       example = self._features.deserialize_example_np(
-          record, decoders={"image": tfds.decode.SkipDecoding()})
+          record, decoders=self._decoders)
     except Exception as e:  # pylint: disable=broad-except
       raise CorruptImageError(where, e) from e
     label = int(example["label"]) if self._has_label else 0

@@ -119,19 +119,21 @@ def random_horizontal_flip(image: np.ndarray,
 
 def two_view_crop(image: np.ndarray, rng: np.random.Generator, size: int,
                   second_size: int, scale: tuple[float, float],
-                  ratio: tuple[float, float], flip: bool
+                  ratio: tuple[float, float], flip: bool,
+                  sampler: Callable[..., Box] = torchvision_box
                   ) -> tuple[np.ndarray, np.ndarray]:
   """CAE's augmentation: one crop box, resized for the encoder and again for
   the DALL-E tokenizer, so that both see the same pixels.
 
   As Atten4Vis/CAE `furnace/datasets.py` (DataAugmentationForCAE) and
   `furnace/transforms.py` (BEiT's RandomResizedCropAndInterpolationWithTwoPic)
-  do it: a random horizontal flip of the whole image first, then torchvision's
-  box, resized bicubically to `size` and with LANCZOS to `second_size`.
+  do it: a random horizontal flip of the whole image first, then one box
+  (torchvision's sampler there), resized bicubically to `size` and with
+  LANCZOS to `second_size`.
   """
   if flip:
     image = random_horizontal_flip(image, rng)
-  box = torchvision_box(*image.shape[:2], rng, scale, ratio)
+  box = sampler(*image.shape[:2], rng, scale, ratio)
   return (resized_crop(image, box, size, Image.BICUBIC),
           resized_crop(image, box, second_size, Image.LANCZOS))
 
