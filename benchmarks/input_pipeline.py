@@ -18,7 +18,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -178,6 +180,46 @@ def gil_share(config, image_size: int = 224, images: int = 256) -> dict:
   }
 
 
+def single_thread_loop(config, images: int, image_size: int = 224):
+  """Batches of 32 computed in this thread, for a sampling profiler."""
+  source = sources.open_source(config, "train", image_size)
+  batches = pipeline.TrainPipeline(
+      source, config, batch_size=32, image_size=image_size, seed=0,
+      start_step=0, local_device_count=1)
+  try:
+    batches.batch(0)
+    for step in range(1, 1 + images // 32):
+      batches.batch(step)
+  finally:
+    batches.close()
+
+
+def sampled_gil_share(data_dir: str, kind: str, images: int = 1280) -> dict:
+  """The share of py-spy's samples of `single_thread_loop` in which the
+  thread holds the GIL: two samplers attached to the same run, one keeping
+  only GIL holders (`--gil`), one everything (`--idle`). No assumption
+  about which calls release the GIL. Needs py-spy and ptrace."""
+  loop = subprocess.Popen(
+      [sys.executable, os.path.abspath(__file__), "--data_dir", data_dir,
+       "--single_thread", kind, "--num_images", str(images)],
+      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  with tempfile.TemporaryDirectory() as out:
+    samplers = [subprocess.Popen(
+        ["py-spy", "record", "--pid", str(loop.pid), "--nonblocking", mode,
+         "--rate", "200", "--format", "raw", "-o", f"{out}/{mode[2:]}.txt"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                for mode in ("--gil", "--idle")]
+    loop.wait()
+    counts = {}
+    for sampler, mode in zip(samplers, ("gil", "idle")):
+      sampler.wait()
+      with open(f"{out}/{mode}.txt") as stacks:
+        counts[mode] = sum(int(line.rsplit(" ", 1)[1]) for line in stacks
+                           if "single_thread_loop" in line)
+  return {"measure": "gil_sampled", "gil_share": counts["gil"] /
+          counts["idle"], "samples": counts["idle"]}
+
+
 # (worker processes, threads per process) to time.
 SETTINGS = ((0, 1), (0, 2), (1, 1), (2, 1))
 
@@ -187,12 +229,21 @@ def main():
   parser.add_argument("--data_dir", required=True)
   parser.add_argument("--make_data", action="store_true",
                       help="write the images first")
-  parser.add_argument("--num_images", type=int, default=512)
+  parser.add_argument("--num_images", type=int, default=512,
+                      help="images to write, or to decode in --single_thread")
   parser.add_argument("--batch_size", type=int, default=64)
   parser.add_argument("--steps", type=int, default=24)
   parser.add_argument("--rounds", type=int, default=3,
                       help="interleaved rounds; medians are reported")
+  parser.add_argument("--py_spy", action="store_true",
+                      help="also sample the GIL share with py-spy")
+  parser.add_argument("--single_thread", choices=("folder", "tfds"),
+                      help="only run the single-thread loop (for py-spy)")
   args = parser.parse_args()
+  if args.single_thread:
+    single_thread_loop(data_config(args.data_dir, args.single_thread, 0, 1),
+                       args.num_images)
+    return
   if args.make_data:
     make_data(args.data_dir, args.num_images)
   machine = {"cpus": os.cpu_count(), "processor": platform.processor()
@@ -200,6 +251,9 @@ def main():
   for kind in ("folder", "tfds"):
     print(json.dumps({"source": kind, **machine, **gil_share(
         data_config(args.data_dir, kind, 0, 1))}), flush=True)
+    if args.py_spy:
+      print(json.dumps({"source": kind, **sampled_gil_share(
+          args.data_dir, kind)}), flush=True)
   rates = {}
   for _ in range(args.rounds):
     for kind in ("folder", "tfds"):
