@@ -3,6 +3,7 @@ layout, resume, process slices, worker processes, unreadable images."""
 
 import math
 import multiprocessing
+import os
 import threading
 
 import numpy as np
@@ -46,6 +47,15 @@ class UnreachableSource(ListSource):
   def __getitem__(self, index):
     if index == 1:
       raise sources.ReadError("bucket/1.jpg", 6, OSError("connection reset"))
+    return super().__getitem__(index)
+
+
+class DyingSource(ListSource):
+  """Reading example 3 kills the process (as the kernel's OOM killer would)."""
+
+  def __getitem__(self, index):
+    if index == 3:
+      os._exit(3)  # pylint: disable=protected-access
     return super().__getitem__(index)
 
 
@@ -188,6 +198,26 @@ def test_worker_error_reaches_the_main_process_with_its_message(tmp_path):
   finally:
     batches.close()
   assert not multiprocessing.active_children()
+
+
+def test_a_dead_worker_is_an_error_not_a_hang():
+  batches = pipeline.TrainPipeline(
+      DyingSource(8), _data_config(num_workers=1, num_threads=1),
+      batch_size=8, image_size=8, seed=0, start_step=0, local_device_count=2)
+  outcome = []
+
+  def consume():
+    try:
+      next(batches)
+    except Exception as e:  # pylint: disable=broad-except
+      outcome.append(e)
+
+  thread = threading.Thread(target=consume, daemon=True)
+  thread.start()
+  thread.join(timeout=120)
+  batches.close()
+  assert outcome, "next() is still waiting for the dead worker"
+  assert "terminated unexpectedly" in str(outcome[0])
 
 
 def test_worker_settings_resolve_by_source():
