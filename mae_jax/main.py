@@ -24,7 +24,6 @@ from ml_collections import config_flags
 
 from mae_jax import cli
 from mae_jax import cluster
-from mae_jax import train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None,
@@ -48,6 +47,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
+  # Imported here rather than at the top: the input pipeline's worker
+  # processes (started by spawn) import this module again, and need none of
+  # the trainer's libraries (TensorFlow alone is ~0.6 GB per worker).
+  from mae_jax import train  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cluster.initialize(FLAGS.coordinator_address, FLAGS.num_processes,

@@ -91,7 +91,8 @@ class PretrainTask:
     del devices
     return [evaluators.ReconstructionFigures(
         self.model, train_source, self.config.figure_images,
-        self.config.seed, self.config.figure_every_steps)]
+        self.config.seed, self.config.figure_every_steps,
+        self.config.data.corrupt_images)]
 
 
 class ClassificationTask:

@@ -1,11 +1,13 @@
 """Models by name: ViT sizes, `build(model_config)` for the MAE and
-`build_classifier(model_config)` for the evaluation protocols."""
+`build_classifier(model_config)` for the evaluation protocols; `dalle` holds
+CAE's DALL-E tokenizer."""
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 from mae_jax.models.classifier import ViTClassifier
+from mae_jax.models.dalle import DalleEncoder
 from mae_jax.models.mae import MAE, MAEDecoder, MAEOutput
 from mae_jax.models.vit import VisionEncoder
 
@@ -60,6 +62,6 @@ def build_classifier(model_config: ml_collections.ConfigDict,
   return ViTClassifier(**fields, axis_name=axis_name)
 
 
-__all__ = ["MAE", "MAEDecoder", "MAEOutput", "VisionEncoder", "ViTClassifier",
-           "VIT_SIZES", "build", "build_classifier", "compute_dtype",
-           "encoder_size"]
+__all__ = ["DalleEncoder", "MAE", "MAEDecoder", "MAEOutput", "VisionEncoder",
+           "ViTClassifier", "VIT_SIZES", "build", "build_classifier",
+           "compute_dtype", "encoder_size"]
