@@ -41,6 +41,8 @@ def _exclusive_create_works(path: str) -> bool:
 
 
 def _pid_runs(pid: int) -> bool:
+  if pid <= 0:  # kill(0 or -1) would mean a whole process group
+    return False
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
@@ -93,17 +95,29 @@ class WorkdirLock:
     holder = dataclasses.replace(self._holder, heartbeat=time.time())
     return json.dumps(dataclasses.asdict(holder))
 
+  def _renew_file(self):
+    """Rewrites the lock with a new heartbeat, whole: locally through a
+    rename, so that a run reading it meanwhile never sees half a file (an
+    object in a bucket is replaced whole anyway)."""
+    if not self._exclusive:
+      self.path.write_text(self._contents())
+      return
+    partial = self.path.parent / f"{LOCK_NAME}.{self._holder.token}"
+    partial.write_text(self._contents())
+    os.replace(partial, self.path)
+
   def _read(self) -> Holder | None:
     """The holder the lock file names; None if there is none. A file that
-    cannot be parsed (cut short) names a holder that is gone."""
+    cannot be parsed is one being written (created, still empty) or cut
+    short by a crash: its holder is unknown, with its age as heartbeat."""
     try:
       text = self.path.read_text()
+      return Holder(**json.loads(text))
     except FileNotFoundError:
       return None
-    try:
-      return Holder(**json.loads(text))
     except (ValueError, TypeError):
-      return Holder(token="", host="?", pid=-1, started="?", heartbeat=0.0)
+      return Holder(token="", host="unknown", pid=-1, started="unknown",
+                    heartbeat=float(self.path.stat().mtime))
 
   def _create(self) -> bool:
     """Writes the lock if there is none; False if there is one."""
@@ -192,7 +206,7 @@ class WorkdirLock:
             "); stopping, so that the two runs do not mix their checkpoints. "
             "Give each run its own --workdir.")
         return False
-      self.path.write_text(self._contents())
+      self._renew_file()
     except OSError as e:  # a passing storage error: try at the next beat
       logging.warning("Could not renew the lock %s: %s", self.path, e)
     return True

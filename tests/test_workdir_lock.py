@@ -82,6 +82,15 @@ def test_a_live_run_on_another_host_keeps_its_lock(tmp_path):
     workdir_lock.WorkdirLock(str(tmp_path)).acquire()
 
 
+def test_a_lock_file_still_being_written_is_not_taken_over(tmp_path):
+  # Created empty by another run an instant ago: its holder is unknown, but
+  # young.
+  (tmp_path / workdir_lock.LOCK_NAME).write_text("")
+  with pytest.raises(RuntimeError, match="in use by another run .*host "
+                     "unknown"):
+    workdir_lock.WorkdirLock(str(tmp_path)).acquire()
+
+
 @pytest.mark.parametrize("exclusive", [True, False])
 def test_a_run_whose_lock_was_taken_over_is_told_to_stop(
     tmp_path, monkeypatch, exclusive):
