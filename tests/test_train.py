@@ -186,17 +186,19 @@ def test_a_diverging_update_stops_the_run_at_its_step(tmp_path):
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored))
 
 
-def test_a_non_finite_gradient_is_caught_at_its_step():
-  config = tiny_config(total_steps=3, warmup_steps=0)
-  state, step = _step_fn(config)
-  devices = jax.local_devices()
-  state = devices_lib.replicate(state, devices)
-  batch = _fixed_batch(config, 8)
-  batch["image"] = batch["image"].astype(np.float32) * np.inf
-  _, metrics = step(state, devices_lib.shard(batch, devices),
-                    devices_lib.replicate(jax.random.key(1), devices))
-  metrics = devices_lib.unreplicate(metrics)
-  assert int(metrics.nonfinite_step.compute()) == 1
+@pytest.mark.parametrize("loss, grad_norm, update_norm, flagged", [
+    (1.0, 2.0, 0.1, False),
+    (np.nan, 2.0, 0.1, True),
+    (1.0, np.inf, 0.1, True),  # the loss is still finite at this step
+    (1.0, 2.0, np.inf, True),
+])
+def test_a_step_with_a_non_finite_loss_gradient_or_update_is_flagged(
+    loss, grad_norm, update_norm, flagged):
+  metric = train.NonFiniteStep.from_model_output(
+      loss=jnp.float32(loss), grad_norm=jnp.float32(grad_norm),
+      update_norm=jnp.float32(update_norm), step=jnp.int32(7))
+  assert int(metric.merge(train.NonFiniteStep(jnp.int32(-1))).compute()) == (
+      7 if flagged else -1)
 
 
 def test_resume_step_rolls_back_once_and_keeps_the_later_steps(tmp_path):
