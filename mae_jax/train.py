@@ -453,8 +453,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
       if due:
         interval_start = time.time()  # evaluation time is not training time
       if preempted:
-        logging.warning("Stopped early: saved step %d in %s; run the same "
-                        "command again to resume.", step, workdir)
+        logging.warning("Preempted (SIGTERM or Ctrl-C): saved step %d in %s; "
+                        "run the same command again to resume.", step,
+                        workdir)
         break
     checkpointer.finish()  # the last save, on every process
   except KeyboardInterrupt:  # a second Ctrl-C: stop at once

@@ -151,7 +151,7 @@ def test_sigterm_to_one_process_stops_all_at_one_step_and_resumes(tmp_path):
   saved = checkpointing.Checkpointer(str(workdir), 3).all_steps()
   assert len(saved) == 1 and 2 < saved[0] < total, (saved, logs[1][-3000:])
   for log in logs:
-    assert f"Preempted: saved step {saved[0]}" in log
+    assert f"Preempted (SIGTERM or Ctrl-C): saved step {saved[0]} in" in log
     assert max(_logged_losses(log)) == saved[0]
 
   # Preempted again before the resumed run's first step: it saves that step.
@@ -160,7 +160,8 @@ def test_sigterm_to_one_process_stops_all_at_one_step_and_resumes(tmp_path):
   resumed_at, saved = saved[0], checkpointing.Checkpointer(
       str(workdir), 3).all_steps()
   assert saved[-1] == resumed_at + 1, (saved, logs[1][-3000:])
-  assert all(f"Preempted: saved step {resumed_at + 1}" in log for log in logs)
+  assert all(f"Preempted (SIGTERM or Ctrl-C): saved step {resumed_at + 1} "
+             "in" in log for log in logs)
 
   logs = _run_processes(["-m", "mae_jax.main"], flags)
   assert all(f"Resuming from step {saved[-1]}" in log for log in logs)
