@@ -36,6 +36,10 @@ def _shapes(tree) -> dict[str, tuple]:
   return {_path_name(p): tuple(np.shape(x)) for p, x in flat}
 
 
+# The file of `checkpoints/<step>/config/` that holds the config as JSON
+# (orbax's JsonCheckpointHandler's default name).
+CONFIG_FILE = "metadata"
+
 # Model fields that may differ when a run resumes: they trade memory for
 # compute and do not change what the model computes.
 RESUMABLE_MODEL_FIELDS = ("remat",)
@@ -120,7 +124,7 @@ def damage(step_dir: epath.Path, errors: Sequence[str]) -> str:
   if not problems:
     problems += [p for p in (
         _json_problem(step_dir / "state" / "_METADATA"),
-        _json_problem(step_dir / "config" / "metadata")) if p]
+        _json_problem(step_dir / "config" / CONFIG_FILE)) if p]
     if not (step_dir / "state" / "manifest.ocdbt").exists():
       problems.append("state/manifest.ocdbt is missing")
   problems += [e for e in errors if _DAMAGED_DATA.search(e)]
@@ -152,7 +156,7 @@ class Checkpointer:
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
         # Named up front so that a new process can read what an old one wrote.
         item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "config": ocp.JsonCheckpointHandler()})
+                       "config": ocp.JsonCheckpointHandler(CONFIG_FILE)})
     self._save_failure = None
 
   def latest_step(self) -> int | None:
@@ -412,9 +416,10 @@ class Checkpointer:
       return 0
 
   def stored_config(self, step: int) -> ml_collections.ConfigDict:
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        config=ocp.args.JsonRestore()))
-    return ml_collections.ConfigDict(restored["config"])
+    """The config saved with `step`, read as a file: orbax's restore waits
+    for every process, and process 0 reads configs alone."""
+    path = epath.Path(self.directory) / str(step) / "config" / CONFIG_FILE
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
 
   def check_model_config(self, config: ml_collections.ConfigDict):
     """Raises ValueError on every process if the newest checkpoint with a
