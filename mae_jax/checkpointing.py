@@ -245,7 +245,7 @@ class Checkpointer:
         return
       time.sleep(_POLL_S)
 
-  def finish_locally(self, timeout_s: float = SAVE_TIMEOUT_S):
+  def finish_locally(self, timeout_s: float = multihost.TIMEOUT_S):
     """On the way out after an error: lets this process's save in flight
     complete (the evaluators run after a save, so that a failing one does
     not lose the step), for at most `timeout_s`; logs, never raises."""
