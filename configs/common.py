@@ -119,6 +119,10 @@ def _logging(config: ml_collections.ConfigDict):
   config.log_every_steps = 100
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
+  # 0: resume from the newest checkpoint in the workdir. N: from kept step N
+  # instead (after a divergence); the later steps are moved aside as
+  # checkpoints/<step>.abandoned.<time>, once.
+  config.resume_step = 0
 
 
 def pretrain_config(model_name: str) -> ml_collections.ConfigDict:
@@ -157,6 +161,10 @@ def _classification_config(mode: str, model: ml_collections.ConfigDict,
   config.seed = 0
   # A pretraining workdir (or checkpoint) of ours; '' = random init.
   config.init_from = ""
+  # At another resolution than init_from's: 'bicubic' resizes its position
+  # table (the reference's interpolate_pos_embed); 'sincos' starts from the
+  # sin-cos table of the new grid.
+  config.pos_embed_resize = "bicubic"
   # Only evaluate the newest checkpoint in the workdir, then stop.
   config.eval_only = False
   config.model = model

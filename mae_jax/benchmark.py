@@ -20,6 +20,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from mae_jax import cli
 from mae_jax import devices as devices_lib
 from mae_jax import models
 from mae_jax import optim
@@ -178,4 +179,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_absl(main)

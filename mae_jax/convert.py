@@ -52,6 +52,7 @@ import safetensors
 import safetensors.numpy
 from etils import epath
 
+from mae_jax import cli
 from mae_jax import checkpointing
 from mae_jax import models
 from mae_jax import patches
@@ -78,6 +79,17 @@ def _import_torch(path: str):
   return torch
 
 
+def _torch_load_reason(error: Exception) -> str:
+  """Why torch.load refused a file, in a line, without its advice to load
+  it unsafely (weights_only=False runs whatever code the file holds)."""
+  if isinstance(error, KeyError):
+    return "not a pickle or zip archive"
+  message = str(error).split("WeightsUnpickler error:")[-1]
+  lines = [line.strip() for line in message.splitlines() if line.strip()
+           and "weights_only" not in line and "documentation" not in line]
+  return lines[0] if lines else type(error).__name__
+
+
 def read_torch_file(path: str) -> dict[str, np.ndarray]:
   """A `.pth`/`.bin` state dict (or {'model': state dict}) as float32 arrays."""
   torch = _import_torch(path)
@@ -85,7 +97,14 @@ def read_torch_file(path: str) -> dict[str, np.ndarray]:
   # checkpoints also hold their argparse arguments, allowed by name.
   with epath.Path(path).open("rb") as f, torch.serialization.safe_globals(
       [argparse.Namespace]):
-    checkpoint = torch.load(f, map_location="cpu", weights_only=True)
+    try:
+      checkpoint = torch.load(f, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, KeyError, RuntimeError, EOFError,
+            ValueError) as e:
+      raise ValueError(
+          f"{path} is not a PyTorch checkpoint of tensors "
+          f"({_torch_load_reason(e)}); --src takes an official MAE .pth, a "
+          "HuggingFace ViTMAE directory or a checkpoint of ours") from e
   state = checkpoint.get("model", checkpoint)
   return {k: v.detach().float().numpy() for k, v in state.items()
           if torch.is_tensor(v)}
@@ -900,7 +919,7 @@ def load_from_arguments(src: str, args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None):
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog="python -m mae_jax.convert",
       description="Converts official MAE (.pth) and HuggingFace ViTMAE "
       "weights to a checkpoint of ours (what config.init_from takes), or "
@@ -941,4 +960,4 @@ def main(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

@@ -109,8 +109,11 @@ class TopKAccuracy:
     if totals["count"] + skipped != len(self._source):
       raise RuntimeError(f"evaluated {totals['count']} examples and skipped "
                          f"{skipped} of {len(self._source)}")
-    scalars = {"eval/top1": float(100 * totals["top1"] / totals["count"]),
-               "eval/top5": float(100 * totals["top5"] / totals["count"])}
+    # In Python floats: the counts come back as float32, whose quotient is
+    # off in the 7th digit.
+    count = float(totals["count"])
+    scalars = {"eval/top1": 100 * float(totals["top1"]) / count,
+               "eval/top5": 100 * float(totals["top5"]) / count}
     if skipped:
       scalars["eval/skipped_images"] = skipped
     return Report(scalars=scalars)

@@ -1,23 +1,24 @@
 """The optimizers of the MAE recipes (SPEC §2), chosen by config.
 
-- pretraining: AdamW, weight decay on weight matrices only;
-- fine-tuning: the same AdamW with layer-wise lr decay, optionally with all
-  but the last k blocks frozen (partial fine-tuning);
+- pretraining: AdamW, weight decay on everything but 1-D parameters;
+- fine-tuning: AdamW that also spares pos_embed and cls_token from decay,
+  with layer-wise lr decay, optionally with all but the last k blocks frozen
+  (partial fine-tuning);
 - linear probe: LARS on the head, the encoder frozen.
 Shared: the linear scaling rule lr = base_lr x batch/256, a per-step linear
 warm-up and half-cycle cosine, optional global-norm clipping.
 """
 
+import functools
 import math
 import re
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
-# Parameters named here are never decayed, whatever their rank.
-NO_DECAY_NAMES = ("cls_token", "mask_token", "pos_embed")
 # The encoder's input side: layer 0 for the layer-wise lr decay.
 EMBEDDING_NAMES = ("patch_embed", "cls_token", "pos_embed")
 _BLOCK = re.compile(r"blocks_(\d+)$")
@@ -58,11 +59,25 @@ def _names(path) -> list[str]:
   return [str(getattr(k, "key", k)) for k in path]
 
 
-def weight_decay_mask(params):
-  """True for weight matrices; False for biases, norms and tokens."""
+def no_decay_names(mode: str) -> tuple[str, ...]:
+  """Parameters of `mode` spared from weight decay besides the 1-D ones.
+
+  As the reference groups them. Pretraining (main_pretrain.py) uses timm
+  0.3.2's `add_weight_decay` with an empty skip list, which spares only 1-D
+  parameters and biases: the cls and mask tokens *are* decayed (the fixed
+  sin-cos position table is no parameter). The classifiers (main_finetune.py,
+  util/lr_decay.py) also spare the model's `no_weight_decay()` set,
+  pos_embed and cls_token.
+  """
+  return () if mode == "pretrain" else ("pos_embed", "cls_token")
+
+
+def weight_decay_mask(params, skip: Sequence[str] = ()):
+  """True for the parameters to decay: all but 1-D ones (biases, norms) and
+  those named in `skip`."""
 
   def decays(path, leaf):
-    return leaf.ndim > 1 and _names(path)[-1] not in NO_DECAY_NAMES
+    return leaf.ndim > 1 and _names(path)[-1] not in skip
 
   return jax.tree_util.tree_map_with_path(decays, params)
 
@@ -169,7 +184,9 @@ def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule,
   opt = config.optimizer
   if opt.name == "adamw":
     tx = optax.adamw(schedule, b1=opt.b1, b2=opt.b2,
-                     weight_decay=opt.weight_decay, mask=weight_decay_mask)
+                     weight_decay=opt.weight_decay,
+                     mask=functools.partial(
+                         weight_decay_mask, skip=no_decay_names(config.mode)))
     if opt.get("layer_decay", 1.0) != 1.0:
       tx = optax.chain(tx, scale_by_layer_decay(config.model.depth,
                                                 opt.layer_decay))

@@ -129,7 +129,8 @@ class ClassificationTask:
     if load_pretrained:
       if self.config.init_from:
         params = initialization.load_pretrained_encoder(
-            self.config.init_from, params, self.config.model)
+            self.config.init_from, params, self.config.model,
+            self.config.pos_embed_resize)
       else:
         logging.warning("config.init_from is empty: the encoder starts from "
                         "a random initialisation (the from-scratch "

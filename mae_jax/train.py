@@ -28,10 +28,12 @@ from mae_jax import checkpointing
 from mae_jax import devices as devices_lib
 from mae_jax import durations
 from mae_jax import evaluators as evaluators_lib
+from mae_jax import multihost
 from mae_jax import optim
 from mae_jax import preemption
 from mae_jax import tasks
 from mae_jax import visualize
+from mae_jax import workdir_lock
 from mae_jax import writers
 from mae_jax.data import pipeline
 from mae_jax.data import sources
@@ -47,12 +49,16 @@ class TrainState(train_state.TrainState):
 
 @flax.struct.dataclass
 class NonFiniteStep(metrics.Metric):
-  """The first step whose loss was not finite; -1 while all were finite."""
+  """The first step whose loss, gradient or update was not finite; -1 while
+  all were finite. The norms catch a step whose loss was still finite but
+  whose update ruined the parameters, before they are saved."""
   step: jnp.ndarray
 
   @classmethod
-  def from_model_output(cls, loss, step, **_):
-    return cls(jnp.where(jnp.isfinite(loss), -1, step).astype(jnp.int32))
+  def from_model_output(cls, loss, grad_norm, update_norm, step, **_):
+    finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+              & jnp.isfinite(update_norm))
+    return cls(jnp.where(finite, -1, step).astype(jnp.int32))
 
   def merge(self, other):
     return type(self)(jnp.where(self.step >= 0, self.step, other.step))
@@ -84,6 +90,7 @@ class Averages(metrics.Metric):
 class TrainMetrics(metrics.Collection):
   loss: metrics.Average.from_output("loss")
   grad_norm: metrics.Average.from_output("grad_norm")
+  update_norm: metrics.Average.from_output("update_norm")
   lr: metrics.LastValue.from_output("lr")
   nonfinite_step: NonFiniteStep
   extra: Averages
@@ -108,6 +115,9 @@ def validate_config(config: ml_collections.ConfigDict, process_count: int,
   for name in ("log_every_steps", "checkpoint_every_steps"):
     if config[name] <= 0:
       raise ValueError(f"{name}={config[name]} must be positive")
+  if config.resume_step < 0:
+    raise ValueError(f"resume_step={config.resume_step}: use 0 (the newest "
+                     "checkpoint) or a kept step")
   tasks.make_task(config, AXIS).validate(per_device // config.grad_accum_steps)
 
 
@@ -188,10 +198,13 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, task,
   # The optimizer gives frozen parameters no update (optim.make_optimizer).
   grads = flax.traverse_util.unflatten_dict(
       {**{k: jnp.zeros_like(v) for k, v in frozen.items()}, **grads})
-  new_state = state.apply_gradients(grads=grads, model_state=model_state)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  new_state = state.replace(
+      step=state.step + 1, params=optax.apply_updates(state.params, updates),
+      opt_state=opt_state, model_state=model_state)
   step_metrics = TrainMetrics.single_from_model_output(
-      loss=loss, grad_norm=grad_norm, lr=schedule(state.step),
-      step=state.step + 1, extra=extra)
+      loss=loss, grad_norm=grad_norm, update_norm=optax.global_norm(updates),
+      lr=schedule(state.step), step=state.step + 1, extra=extra)
   return new_state, step_metrics
 
 
@@ -212,12 +225,15 @@ def _all_finite(tree) -> jnp.ndarray:
 
 
 def _raise_if_diverged(train_metrics: TrainMetrics | None, params, step: int,
-                       checkpointer: checkpointing.Checkpointer):
-  """Stops the run, naming the step, if the loss or `params` are not finite.
+                       checkpointer: checkpointing.Checkpointer,
+                       config: ml_collections.ConfigDict):
+  """Stops the run, naming the step, if the loss, a gradient, an update or
+  `params` are not finite, with the ways out.
 
-  Called before anything is written. The loss is tracked at every step for
-  free; the parameters, which a finite loss's update can still overflow, are
-  checked here only (`params` is None when nothing of them is written).
+  Called before anything is written. The loss and the norms are tracked at
+  every step for free; the parameters, which finite updates can still
+  overflow, are checked here only (`params` is None when nothing of them is
+  written).
   """
   bad_step = -1 if train_metrics is None else int(
       train_metrics.nonfinite_step.compute())
@@ -225,14 +241,25 @@ def _raise_if_diverged(train_metrics: TrainMetrics | None, params, step: int,
     bad_step = step
   if bad_step < 0:
     return
-  last = checkpointer.latest_step()
-  kept = (f"the last good checkpoint (step {last}) in {checkpointer.directory}"
-          " is intact" if last is not None else "no checkpoint was written")
+  kept = checkpointer.all_steps()
+  if not kept:
+    raise FloatingPointError(
+        f"the training diverged: the loss, a gradient or an update is not "
+        f"finite at step {bad_step}; stopped before any checkpoint was "
+        "written. Lower --config.optimizer.base_lr or set "
+        "--config.optimizer.grad_clip_norm, then run again.")
+  fresh = "start again in a new --workdir" + (
+      " (with the same --config.init_from)" if config.get("init_from") else "")
+  if len(kept) > 1:
+    fresh = (f"add --config.resume_step={kept[-2]} (or an earlier kept step; "
+             f"the later ones are moved aside, not deleted), or {fresh}")
   raise FloatingPointError(
-      f"the training diverged: the loss or the parameters are not finite at "
-      f"step {bad_step}; stopped without saving, {kept}. Lower "
+      f"the training diverged: the loss, a gradient or an update is not "
+      f"finite at step {bad_step}; stopped without saving. Checkpoints kept "
+      f"in {checkpointer.directory}: steps {kept}. Lower "
       "--config.optimizer.base_lr or set --config.optimizer.grad_clip_norm, "
-      "then run again to resume.")
+      f"then run again to resume from step {kept[-1]}. If the run was already "
+      f"diverging there, {fresh}.")
 
 
 def _summary(train_metrics: TrainMetrics, steps: int, batch_size: int,
@@ -299,10 +326,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   devices = list(devices or jax.local_devices())
   validate_config(config, jax.process_count(), len(devices))
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  try:
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise PermissionError(f"cannot create --workdir={workdir} ({e}); use a "
+                          "directory this process can write to") from e
   if config.get("eval_only", False):
     return _evaluate_checkpoint(tasks.make_task(config, AXIS), config,
                                 workdir, devices)
+  # One run per workdir (workdir_lock.py); process 0 holds the lock.
+  lock = workdir_lock.WorkdirLock(workdir)
+  multihost.on_process_0("locking the workdir", lock.acquire)
+  try:
+    return _train(config, workdir, devices, lock)
+  finally:
+    lock.release()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str,
+           devices: Sequence[Any],
+           lock: workdir_lock.WorkdirLock) -> TrainState:
+  """`train_and_evaluate` in a workdir that this run holds."""
   source = sources.open_source(config.data, config.data.split,
                                config.model.image_size)
   config = durations.resolve(config, len(source))
@@ -312,13 +356,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   task = tasks.make_task(config, AXIS)
   schedule = optim.make_schedule(config)
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
-
   checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
   checkpointer.check_model_config(config)  # a workdir holds one run
   resuming = checkpointer.latest_step() is not None
   state = create_train_state(task, config, init_rng, schedule,
                              load_init_from=not resuming)
-  restored, start_step = checkpointer.restore_latest(checkpoint_tree(state))
+  restored, start_step = checkpointer.restore(checkpoint_tree(state),
+                                              config.resume_step)
   state = state.replace(**restored)
   if start_step:
     logging.info("Resuming from step %d", start_step)
@@ -334,7 +378,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       start_step=start_step, local_device_count=len(devices),
       process_index=jax.process_index(), process_count=jax.process_count())
   evaluators = task.evaluators(devices, source)
-  writer = writers.create_writer(workdir)
+  writer = writers.create_writer(workdir, resumed_at=start_step)
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=config.total_steps, every_steps=config.log_every_steps)
 
@@ -384,9 +428,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       params = (devices_lib.unreplicate(state.params) if due or save
                 else None)
       # Nothing is written from a state that has diverged.
-      _raise_if_diverged(train_metrics, params, step, checkpointer)
+      _raise_if_diverged(train_metrics, params, step, checkpointer, config)
       if log:
-        checkpointer.check_for_errors()  # a failed async save stops the run
+        # A failed save, or another run in this workdir, stops every process.
+        multihost.raise_if_failed_anywhere(
+            f"training in {workdir}", checkpointer.save_error()
+            or lock.error())
         scalars = _summary(train_metrics, step - interval_first_step,
                            config.batch_size, time.time() - interval_start)
         # A collective: every process calls it at every log step.
@@ -406,13 +453,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if due:
         interval_start = time.time()  # evaluation time is not training time
       if preempted:
-        logging.warning("Preempted: saved step %d in %s and stopping; run the "
-                        "same command again to resume.", step, workdir)
+        logging.warning("Preempted (SIGTERM or Ctrl-C): saved step %d in %s; "
+                        "run the same command again to resume.", step,
+                        workdir)
         break
+    checkpointer.finish()  # the last save, on every process
+  except KeyboardInterrupt:  # a second Ctrl-C: stop at once
+    raise
+  except BaseException:
+    checkpointer.finish_locally()
+    raise
   finally:
     notice.close()
     batches.close()
-    checkpointer.wait()
-    checkpointer.close()
     writer.flush()
+  checkpointer.close()
   return devices_lib.unreplicate(state)

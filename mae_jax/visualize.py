@@ -6,8 +6,6 @@ an official `.pth`, a HuggingFace ViTMAE directory):
   python -m mae_jax.visualize --checkpoint=PATH --image=PATH --out=fig.png
 """
 
-import argparse
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +14,7 @@ from PIL import Image
 from PIL import ImageDraw
 from PIL import ImageFont
 
+from mae_jax import cli
 from mae_jax import convert
 from mae_jax import losses
 from mae_jax import models
@@ -172,7 +171,7 @@ def reconstruct(model_config, params, image: np.ndarray, seed: int = 0):
 
 
 def main(argv: list[str] | None = None):
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog="python -m mae_jax.visualize",
       description="Masks a random part of your image and shows the MAE's "
       f"reconstruction: {PANELS}.")
@@ -209,4 +208,4 @@ def main(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

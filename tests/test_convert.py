@@ -13,6 +13,7 @@ import argparse
 import functools
 import json
 import os
+import subprocess
 import sys
 
 import chex
@@ -175,6 +176,37 @@ def test_pth_without_torch_asks_for_pip_install_torch(tmp_path, monkeypatch):
   path.write_bytes(b"not read")
   with pytest.raises(ImportError, match="needs torch: pip install torch"):
     convert.load_official_mae(str(path))
+
+
+@pytest.mark.needs_modules("torch")
+@pytest.mark.parametrize("content", [b"just some text\n",
+                                     b"\x80\x04\x95\x05\x00"])
+def test_a_file_that_is_no_checkpoint_is_named_without_unsafe_advice(
+    tmp_path, content):
+  # Today's torch says `KeyError: 101` for a text file, or advises
+  # weights_only=False (which runs the file's code) for other pickles.
+  path = tmp_path / "weights.pth"
+  path.write_bytes(content)
+  with pytest.raises(ValueError, match="weights.pth is not a PyTorch "
+                     "checkpoint of tensors") as error:
+    convert.load(str(path))
+  assert "weights_only" not in str(error.value)
+
+
+@pytest.mark.needs_modules("torch")
+def test_the_cli_reports_a_mistake_in_one_line(tmp_path):
+  path = tmp_path / "notes.txt"
+  path.write_text("hello\n")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run(
+      [sys.executable, "-m", "mae_jax.convert", f"--src={path}",
+       f"--dst={tmp_path / 'out'}"], cwd=root, env=dict(
+           os.environ, PYTHONPATH=root), capture_output=True, text=True,
+      timeout=300, check=False)
+  assert result.returncode == 1
+  assert (f"mae_jax.convert: error: {path} is not a PyTorch checkpoint"
+          in result.stderr), result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
 
 
 def test_a_path_that_does_not_exist_says_so(tmp_path):

@@ -96,20 +96,66 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
         str(tmp_path), _fresh_classifier(model_config), model_config)
 
 
-def test_fine_tuning_at_a_higher_resolution(tmp_path):
+def _torch_bicubic(table: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+  """The patch rows of (1, 1 + h*h, D) resized as the reference's
+  interpolate_pos_embed does, with torch."""
+  import torch  # pylint: disable=g-import-not-at-top
+  side = int(round(np.sqrt(table.shape[1] - 1)))
+  tokens = torch.from_numpy(np.ascontiguousarray(table[0, 1:])).reshape(
+      1, side, side, -1).permute(0, 3, 1, 2)
+  resized = torch.nn.functional.interpolate(
+      tokens, size=grid, mode="bicubic", align_corners=False)
+  return resized.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1).numpy()
+
+
+def test_fine_tuning_at_a_higher_resolution_resizes_the_sincos_table(
+    tmp_path):
   pretrained = _flat(_pretraining_checkpoint(tmp_path)["encoder"])
   model_config = tiny_classifier_config("finetune").model
   model_config.image_size = 32  # 8x8 patches instead of 4x4
   params = initialization.load_pretrained_encoder(
       str(tmp_path), _fresh_classifier(model_config), model_config)
-  np.testing.assert_array_equal(params["encoder"]["pos_embed"][0, 1:],
-                                vit.sincos_pos_embed_2d(32, 8, 8))
+  # The reference resizes the checkpoint's 4x4 sin-cos table, cls row 0.
+  checkpoint_table = np.pad(vit.sincos_pos_embed_2d(32, 4, 4),
+                            ((1, 0), (0, 0)))[None]
+  pos_embed = params["encoder"]["pos_embed"]
+  np.testing.assert_array_equal(pos_embed[:, 0], 0.0)
+  # resize_pos_embed is torch's bicubic (tested below).
+  np.testing.assert_allclose(
+      pos_embed, initialization.resize_pos_embed(checkpoint_table, (8, 8)),
+      rtol=1e-6, atol=1e-6)
+  assert not np.allclose(pos_embed[0, 1:], vit.sincos_pos_embed_2d(32, 8, 8),
+                         atol=1e-3)
   np.testing.assert_array_equal(
       params["encoder"]["patch_embed"]["kernel"],
       pretrained["patch_embed/kernel"])
   logits = models.build_classifier(model_config).apply(
       {"params": params}, jnp.zeros((2, 32, 32, 3)))
   assert logits.shape == (2, 10)
+
+
+def test_sincos_resize_starts_from_the_table_of_the_new_grid(tmp_path):
+  _pretraining_checkpoint(tmp_path)
+  model_config = tiny_classifier_config("finetune").model
+  model_config.image_size = 32
+  params = initialization.load_pretrained_encoder(
+      str(tmp_path), _fresh_classifier(model_config), model_config,
+      pos_embed_resize="sincos")
+  np.testing.assert_array_equal(params["encoder"]["pos_embed"][0, 1:],
+                                vit.sincos_pos_embed_2d(32, 8, 8))
+
+
+def test_fixed_table_at_another_resolution_asks_for_a_choice(tmp_path):
+  _pretraining_checkpoint(tmp_path)
+  model_config = tiny_classifier_config("linear_probe").model  # fixed table
+  model_config.image_size = 32
+  fresh = _fresh_classifier(model_config)
+  with pytest.raises(ValueError, match="learned_pos_embed=True.*"
+                     "pos_embed_resize=sincos"):
+    initialization.load_pretrained_encoder(str(tmp_path), fresh, model_config)
+  params = initialization.load_pretrained_encoder(
+      str(tmp_path), fresh, model_config, pos_embed_resize="sincos")
+  assert "pos_embed" not in params["encoder"]
 
 
 def test_learned_position_embedding_is_resized_bicubically(tmp_path):
@@ -139,13 +185,8 @@ def test_resize_pos_embed_to_the_same_grid_is_the_identity():
 
 @pytest.mark.needs_modules("torch")
 def test_resize_pos_embed_matches_torch_bicubic():
-  import torch  # pylint: disable=g-import-not-at-top
   table = np.random.default_rng(2).normal(size=(1, 1 + 49, 6)).astype(
       np.float32)
-  grid = torch.from_numpy(table[0, 1:]).reshape(1, 7, 7, 6).permute(0, 3, 1, 2)
-  expected = torch.nn.functional.interpolate(
-      grid, size=(12, 10), mode="bicubic", align_corners=False)
-  expected = expected.permute(0, 2, 3, 1).reshape(1, 120, 6).numpy()
   np.testing.assert_allclose(
-      initialization.resize_pos_embed(table, (12, 10))[:, 1:], expected,
-      rtol=1e-5, atol=1e-5)
+      initialization.resize_pos_embed(table, (12, 10))[:, 1:],
+      _torch_bicubic(table, (12, 10)), rtol=1e-5, atol=1e-5)

@@ -118,6 +118,18 @@ class ModelTest(chex.TestCase, parameterized.TestCase):
     self.assertAlmostEqual(float(params["decoder"]["mask_token"].std()),
                            0.02, delta=0.01)
 
+  def test_patch_embedding_bias_has_the_conv_default_init(self):
+    # PyTorch's Conv2d bias: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in 3*p*p,
+    # which the reference keeps.
+    model = models.build(tiny_model(width=256))
+    params, _ = _init(model, seed=3)
+    bias = np.asarray(params["encoder"]["patch_embed"]["bias"])
+    bound = 1 / np.sqrt(3 * 4 * 4)
+    self.assertLessEqual(np.abs(bias).max(), bound)
+    uniform_std = bound / np.sqrt(3)
+    self.assertAlmostEqual(float(bias.std()), uniform_std,
+                           delta=0.2 * uniform_std)
+
   def test_encoder_runs_at_another_resolution(self):
     model = models.build(tiny_model())
     params, _ = _init(model)

@@ -2,6 +2,8 @@
 
 import importlib
 import os
+import shutil
+import subprocess
 
 import chex
 import jax
@@ -115,3 +117,19 @@ def assert_same_trajectory(a, b, config):
   chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-6)
   lr = optim.peak_learning_rate(config)
   chex.assert_trees_all_close(a_keys, b_keys, atol=config.total_steps * lr)
+
+
+def read_only(directory: str, command: list[str]) -> list[str]:
+  """`command` made to run with `directory` read-only: by its permissions,
+  or, for root (whom permissions do not stop), through a read-only bind
+  mount in a mount namespace of its own."""
+  if os.geteuid() != 0:
+    os.chmod(directory, 0o555)
+    return command
+  if shutil.which("unshare") is None or subprocess.run(
+      ["unshare", "-m", "true"], capture_output=True, check=False).returncode:
+    pytest.skip("running as root without `unshare -m`: no way to make a "
+                "directory read-only")
+  remount = ('mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" "$0" '
+             '&& exec "$@"')
+  return ["unshare", "-m", "sh", "-c", remount, directory, *command]

@@ -44,6 +44,20 @@ def sincos_pos_embed_2d(width: int, grid_h: int, grid_w: int) -> np.ndarray:
   return np.concatenate([embed_1d(w), embed_1d(h)], axis=1).astype(np.float32)
 
 
+def conv_bias_init(fan_in: int) -> nn.initializers.Initializer:
+  """PyTorch's default init of a conv bias, U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+
+  The reference re-initialises the patch embedding's conv weight (xavier) but
+  keeps this default for its bias (models_mae.initialize_weights).
+  """
+  bound = 1 / np.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
 def gelu(x: jnp.ndarray) -> jnp.ndarray:
   """Exact GELU written as PyTorch writes it, x/2 (1 + erf(x/sqrt 2)).
 
@@ -59,18 +73,19 @@ class Dense(nn.Module):
   """A linear layer over the last axis, computed on tokens flattened to 2-D.
 
   Same parameters as `nn.Dense` ('kernel' (in, out) xavier-uniform, 'bias'
-  zeros). Flattening the leading axes makes XLA:CPU emit the weight gradient
+  zeros unless `bias_init` says otherwise). Flattening the leading axes makes XLA:CPU emit the weight gradient
   in the kernel's own layout; with (B, N, D) inputs it came out transposed
   and the optimizer then worked in transposed copies of every weight (the
   MLP's forward, backward and AdamW update were 30% slower).
   """
   features: int
   dtype: Dtype = jnp.float32
+  bias_init: nn.initializers.Initializer = nn.initializers.zeros
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     kernel = self.param("kernel", xavier_uniform, (x.shape[-1], self.features))
-    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    bias = self.param("bias", self.bias_init, (self.features,))
     flat = x.reshape(-1, x.shape[-1]).astype(self.dtype)
     y = jnp.dot(flat, kernel.astype(self.dtype)) + bias.astype(self.dtype)
     return y.reshape(x.shape[:-1] + (self.features,))
@@ -243,7 +258,9 @@ class VisionEncoder(nn.Module):
   def setup(self):
     # A Dense layer on flattened patches is the reference's conv patch
     # embedding, with xavier fans of (p*p*3, width) as in the reference.
-    self.patch_embed = Dense(self.width, self.dtype)
+    patch_dim = self.patch_size * self.patch_size * 3
+    self.patch_embed = Dense(self.width, self.dtype,
+                             bias_init=conv_bias_init(patch_dim))
     self.cls_token = self.param("cls_token", token_init, (1, 1, self.width))
     if self.pos_embed_grid is not None:
       self.pos_embed = self.param("pos_embed", lambda _: jnp.asarray(
