@@ -1,12 +1,43 @@
 """Small configs and comparisons shared by the tests."""
 
+import importlib
+import os
+
 import chex
 import jax
 import ml_collections
 import numpy as np
+import pytest
 
 from configs import common
 from mae_jax import optim
+
+# Set by .ci/run: a test whose optional dependency is missing fails instead of
+# skipping, so that CI cannot pass without running the parity tests.
+REQUIRE_TEST_EXTRAS = "MAE_JAX_REQUIRE_TEST_EXTRAS"
+
+
+def require_modules(*names: str) -> None:
+  """Imports `names` (test-only extras such as torch), or skips the running
+  test, saying which are missing; fails instead when REQUIRE_TEST_EXTRAS=1.
+
+  Tests declare what they need with `@pytest.mark.needs_modules(*names)`;
+  conftest.py calls this before the test and its fixtures run.
+  """
+  missing = []
+  for name in names:
+    try:
+      importlib.import_module(name)
+    except ImportError as e:
+      missing.append(f"{name} ({e})")
+  if not missing:
+    return
+  message = (f"needs {', '.join(missing)}: "
+             "pip install -r requirements-test.txt")
+  if os.environ.get(REQUIRE_TEST_EXTRAS) == "1":
+    pytest.fail(f"{message} ({REQUIRE_TEST_EXTRAS}=1 forbids skipping)",
+                pytrace=False)
+  pytest.skip(message)
 
 
 def tiny_model(**overrides) -> ml_collections.ConfigDict:

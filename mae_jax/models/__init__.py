@@ -1,6 +1,7 @@
 """Models by name: ViT sizes, `build(model_config)` for the MAE,
 `build_classifier(model_config)` for the evaluation protocols and
-`build_encoder(model_config)` for the k-NN of a frozen encoder."""
+`build_encoder(model_config)` for the k-NN of a frozen encoder; `dalle` holds
+CAE's DALL-E tokenizer."""
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +9,7 @@ import ml_collections
 
 from mae_jax import patches
 from mae_jax.models.classifier import ViTClassifier
+from mae_jax.models.dalle import DalleEncoder
 from mae_jax.models.mae import MAE, MAEDecoder, MAEOutput
 from mae_jax.models.vit import VisionEncoder
 
@@ -75,6 +77,6 @@ def build_encoder(model_config: ml_collections.ConfigDict) -> VisionEncoder:
       pos_embed_grid=(grid, grid) if model_config.learned_pos_embed else None)
 
 
-__all__ = ["MAE", "MAEDecoder", "MAEOutput", "VisionEncoder", "ViTClassifier",
-           "VIT_SIZES", "build", "build_classifier", "build_encoder",
-           "compute_dtype", "encoder_size"]
+__all__ = ["DalleEncoder", "MAE", "MAEDecoder", "MAEOutput", "VisionEncoder",
+           "ViTClassifier", "VIT_SIZES", "build", "build_classifier",
+           "build_encoder", "compute_dtype", "encoder_size"]
