@@ -13,7 +13,7 @@ import pytest
 
 from mae_jax import checkpointing
 from mae_jax import train
-from testing_utils import assert_same_trajectory, tiny_config
+from testing_utils import assert_same_trajectory, tiny_config, tiny_knn_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
@@ -190,3 +190,16 @@ def test_incomplete_distributed_flags_fail_with_the_fix(tmp_path, flags,
   assert result.returncode != 0
   assert message in result.stderr, result.stderr[-3000:]
   assert not (tmp_path / "checkpoints").exists()
+
+
+def test_knn_over_two_processes_is_the_knn_of_one(tmp_path):
+  # The bank sharded over 2 processes x 4 devices, the candidates merged
+  # across processes inside the step.
+  config_file = tmp_path / "knn_config.py"
+  config_file.write_text("from testing_utils import tiny_knn_config\n\n"
+                         "def get_config():\n  return tiny_knn_config()\n")
+  _run_processes(["-m", "mae_jax.main"], [f"--config={config_file}",
+                                          f"--workdir={tmp_path / 'two'}"])
+  train.train_and_evaluate(tiny_knn_config(), str(tmp_path / "one"))
+  two, one = _read_metrics(tmp_path / "two"), _read_metrics(tmp_path / "one")
+  assert two == one and "eval/knn_top1" in one[0]
