@@ -87,6 +87,8 @@ def _panel(name: str, steps: np.ndarray, values: np.ndarray,
     text = _label(value)
     draw.text((x0 - 6 - draw.textlength(text, font=font), y(value) - 6),
               text, fill="black", font=font)
+  draw.text((x0 - 6 - draw.textlength("step", font=font), y1 + 4), "step",
+            fill="black", font=font)
   for step in ticks(*step_range):
     draw.line([(x(step), y0), (x(step), y1)], fill=GRID)
     text = _label(step)
