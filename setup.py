@@ -19,6 +19,7 @@ setuptools.setup(
         "clu>=0.0.12",
         "tensorflow-cpu>=2.21.0",
         "tensorflow-datasets>=4.9.10",
+        "grain>=0.2.18",
         "tensorboard>=2.21.0",
         "numpy",
         "pillow",

@@ -56,8 +56,9 @@ class ReconstructionFigures:
   so that figures of successive steps can be compared."""
 
   def __init__(self, model, source: sources.Source, count: int, seed: int,
-               every_steps: int):
-    images = pipeline.eval_images(source, count, model.image_size)
+               every_steps: int, corrupt_images: str = "fail"):
+    images = pipeline.eval_images(source, count, model.image_size,
+                                  corrupt_images)
     self._images = transforms.normalize(images)
     self._noise = jax.random.uniform(jax.random.key(seed),
                                      (len(images), model.num_patches))
@@ -110,22 +111,25 @@ class TopKAccuracy:
   def __call__(self, state) -> Report:
     totals = collections.Counter()
     # Evaluated in the micro-batches of training: what fits in memory there.
-    batches = pipeline.eval_batches(
-        self._source,
+    batches = pipeline.EvalBatches(
+        self._source, self._config.data,
         batch_size=self._config.batch_size // self._config.grad_accum_steps,
         image_size=self._config.model.image_size,
         local_device_count=len(self._devices),
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        num_workers=self._config.data.num_workers)
+        process_index=jax.process_index(), process_count=jax.process_count())
     for batch in batches:
       counts = self._eval_step(state, devices_lib.shard(batch, self._devices))
       totals.update(jax.device_get(devices_lib.unreplicate(counts)))
-    if totals["count"] != len(self._source):
-      raise RuntimeError(f"evaluated {totals['count']} examples of "
-                         f"{len(self._source)}")
-    return Report(scalars={
-        "eval/top1": float(100 * totals["top1"] / totals["count"]),
-        "eval/top5": float(100 * totals["top5"] / totals["count"])})
+    # Unreadable images (with corrupt_images='skip') are left out, counted.
+    skipped = devices_lib.summed_over_processes(batches.skipped_images)
+    if totals["count"] + skipped != len(self._source):
+      raise RuntimeError(f"evaluated {totals['count']} examples and skipped "
+                         f"{skipped} of {len(self._source)}")
+    scalars = {"eval/top1": float(100 * totals["top1"] / totals["count"]),
+               "eval/top5": float(100 * totals["top5"] / totals["count"])}
+    if skipped:
+      scalars["eval/skipped_images"] = skipped
+    return Report(scalars=scalars)
 
 
 # An encoder as the k-NN sees it: (params, normalised images (B, H, W, 3)) ->
@@ -195,8 +199,11 @@ class KNNAccuracy:
         settings.batch_size, jax.process_index(), jax.process_count(),
         len(devices))
     self._devices = devices
-    self._num_workers = data.num_workers
-    self._image_size = size
+    self._bank_batches, self._query_batches = (pipeline.EvalBatches(
+        source, data, batch_size=settings.batch_size, image_size=size,
+        local_device_count=len(devices), process_index=jax.process_index(),
+        process_count=jax.process_count())
+        for source in (self._bank_source, self._query_source))
     self.every_steps = every_steps
     pmap = functools.partial(jax.pmap, axis_name=AXIS,
                              devices=pmap_devices(devices))
@@ -211,25 +218,19 @@ class KNNAccuracy:
         knn_step, encode=encode, settings=settings,
         num_classes=self._bank_source.num_classes))
 
-  def _batches(self, source: sources.Source):
-    return pipeline.eval_batches(
-        source, batch_size=self._settings.batch_size,
-        image_size=self._image_size, local_device_count=len(self._devices),
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        num_workers=self._num_workers)
-
   def _bank(self, params):
     """(features, labels, data-set indices) of the bank, sharded: (devices,
-    rows, D) and (devices, rows); padding rows have PADDING_INDEX."""
+    rows, D) and (devices, rows); padding rows, and unreadable images left
+    out, have PADDING_INDEX."""
     batch_size = self._settings.batch_size
     devices = len(self._devices)
     bank = self._empty_bank(np.zeros(devices))
     # The global position of each local example in a batch: see
-    # pipeline.eval_batches.
+    # pipeline.EvalBatches.
     positions = self._first + np.arange(devices * self._per_device).reshape(
         devices, self._per_device)
     labels, indices = [], []
-    for i, batch in enumerate(self._batches(self._bank_source)):
+    for i, batch in enumerate(self._bank_batches):
       offset = np.full(devices, i * self._per_device, np.int32)
       bank = self._embed_step(params, bank,
                               devices_lib.shard(batch["image"], self._devices),
@@ -243,13 +244,20 @@ class KNNAccuracy:
   def __call__(self, state) -> Report:
     bank, bank_labels, bank_index = self._bank(state.params)
     totals = collections.Counter()
-    for batch in self._batches(self._query_source):
+    for batch in self._query_batches:
       counts = self._knn_step(state.params, bank, bank_labels, bank_index,
                               devices_lib.shard(batch, self._devices))
       totals.update(jax.device_get(devices_lib.unreplicate(counts)))
-    if totals["count"] != len(self._query_source):
-      raise RuntimeError(f"evaluated {totals['count']} examples of "
-                         f"{len(self._query_source)}")
-    return Report(scalars={
-        "eval/knn_top1": float(100 * totals["top1"] / totals["count"]),
-        "eval/knn_top5": float(100 * totals["top5"] / totals["count"])})
+    # Unreadable images (with corrupt_images='skip') are left out, counted.
+    skipped_queries = devices_lib.summed_over_processes(
+        self._query_batches.skipped_images)
+    if totals["count"] + skipped_queries != len(self._query_source):
+      raise RuntimeError(f"evaluated {totals['count']} examples and skipped "
+                         f"{skipped_queries} of {len(self._query_source)}")
+    scalars = {"eval/knn_top1": float(100 * totals["top1"] / totals["count"]),
+               "eval/knn_top5": float(100 * totals["top5"] / totals["count"])}
+    skipped = skipped_queries + devices_lib.summed_over_processes(
+        self._bank_batches.skipped_images)
+    if skipped:
+      scalars["eval/knn_skipped_images"] = skipped
+    return Report(scalars=scalars)

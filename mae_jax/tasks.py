@@ -139,7 +139,7 @@ class PretrainTask:
     config = self.config
     result = [evaluators.ReconstructionFigures(
         self.model, train_source, config.figure_images, config.seed,
-        config.figure_every_steps)]
+        config.figure_every_steps, config.data.corrupt_images)]
     if config.knn_every_steps > 0:
       result.append(evaluators.KNNAccuracy(
           self.encode, config, devices, config.knn_every_steps,

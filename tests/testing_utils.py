@@ -54,7 +54,7 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
   config = common.pretrain_config("tiny/4")
   config.model = tiny_model()
   config.data.update(source="digits", split="train", eval_split="test",
-                     crop_scale=(0.5, 1.0), num_workers=2)
+                     crop_scale=(0.5, 1.0), num_workers=0, num_threads=2)
   config.knn.batch_size = 64
   config.batch_size = 16
   common.in_steps(config, total=6, warmup=2)
@@ -82,7 +82,7 @@ def tiny_classifier_config(mode: str = "finetune", **overrides
              if k in config.model and k != "patch_size"}
   config.model.update(encoder, num_classes=10)
   config.data.update(source="digits", split="train", eval_split="test",
-                     crop_scale=(0.5, 1.0), num_workers=2,
+                     crop_scale=(0.5, 1.0), num_workers=0, num_threads=2,
                      rand_augment_num_ops=0)
   config.augment.mix_group_size = 2  # 2 examples per device on 8 devices
   config.batch_size = 16
@@ -100,7 +100,7 @@ def tiny_knn_config(**overrides) -> ml_collections.ConfigDict:
   config.model.update({k: v for k, v in tiny_model().items()
                        if k in config.model})
   config.data.update(source="digits", split="train", eval_split="test",
-                     num_workers=2)
+                     num_workers=0, num_threads=2)
   config.knn.batch_size = 64
   config.update(overrides)
   return config
