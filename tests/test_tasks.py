@@ -373,3 +373,17 @@ def test_an_encoder_checkpoint_of_another_size_is_refused(tmp_path, pretrained,
     train.train_and_evaluate(config, str(tmp_path))
   assert not (tmp_path / "checkpoints").exists() or not os.listdir(
       tmp_path / "checkpoints")
+
+
+def test_knn_leaves_out_and_reports_unreadable_images(tmp_path):
+  image_files.folder_with_corrupt_image(tmp_path / "data")
+  config = tiny_knn_config()
+  config.data.update(source="folder", data_dir=str(tmp_path / "data"),
+                     split="train", eval_split="train",
+                     corrupt_images="skip")
+  config.knn.update(k=3, batch_size=8)
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  (metrics,) = _read_metrics(tmp_path / "run")
+  # Out of the bank and out of the queries (the evaluator checks that the
+  # counted and the skipped make the split): counted once in each.
+  assert metrics["eval/knn_skipped_images"] == 2
