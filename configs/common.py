@@ -32,21 +32,15 @@ def mae_model(name: str, **overrides) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(model)
 
 
-def classifier_model(name: str, **overrides) -> ml_collections.ConfigDict:
-  """The ViT classifier config for 'base/16' etc. (SPEC §2): the encoder
-  fields of `mae_model` plus the head's."""
+def encoder_model(name: str, **overrides) -> ml_collections.ConfigDict:
+  """The ViT encoder config for 'base/16' etc., the fields that must fit an
+  `init_from` checkpoint: what k-NN evaluates and classifiers extend."""
   model = dict(
       image_size=224,
       **models.encoder_size(name),
-      num_classes=1000,
-      # 'gap': mean of the patch tokens + LayerNorm (fine-tuning);
-      # 'cls': the cls token after the final norm (linear probe).
-      pooling="gap",
-      head_batch_norm=False,  # BatchNorm without affine before the head
-      head_init_std=2e-5,
-      drop_path_rate=0.0,
-      # Fine-tune the position embedding (initialised to the sin-cos table)
-      # as the reference does; False keeps the fixed table.
+      # A learned position embedding, initialised to the sin-cos table:
+      # fine-tuning learns it, as the reference does, and a fine-tuned
+      # init_from has one. False keeps the fixed table.
       learned_pos_embed=False,
       layer_norm_eps=1e-6,
       dtype="auto",
@@ -54,6 +48,25 @@ def classifier_model(name: str, **overrides) -> ml_collections.ConfigDict:
   )
   model.update(overrides)
   return ml_collections.ConfigDict(model)
+
+
+def classifier_model(name: str, **overrides) -> ml_collections.ConfigDict:
+  """The ViT classifier config for 'base/16' etc. (MAE paper A.1-A.2): the
+  encoder's fields (`encoder_model`) plus the head's."""
+  model = encoder_model(name)
+  model.update(dict(
+      num_classes=1000,
+      # 'gap': mean of the patch tokens + LayerNorm (fine-tuning);
+      # 'cls': the cls token after the final norm (linear probe);
+      # 'attentive': a learned query's cross-attention over the tokens after
+      # the final norm (CAE's attentive probe).
+      pooling="gap",
+      head_batch_norm=False,  # BatchNorm without affine before the head
+      head_init_std=2e-5,
+      drop_path_rate=0.0,
+  ))
+  model.update(overrides)
+  return model
 
 
 def durations(config: ml_collections.ConfigDict, *, epochs: float,
@@ -115,6 +128,20 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(data)
 
 
+def knn_settings(**overrides) -> ml_collections.ConfigDict:
+  """The weighted k-NN of frozen features (DINO's eval_knn.py defaults)."""
+  settings = dict(
+      k=20,
+      temperature=0.07,  # votes weighted by exp(similarity / temperature)
+      pooling="cls",  # 'cls' token, or 'mean' of the patch tokens
+      # Global batch of the feature extraction (bank and queries); the
+      # similarities held at once are (batch / devices) x (bank / devices).
+      batch_size=1024,
+  )
+  settings.update(overrides)
+  return ml_collections.ConfigDict(settings)
+
+
 def _logging(config: ml_collections.ConfigDict):
   config.log_every_steps = 100
   config.checkpoint_every_steps = 1000
@@ -131,7 +158,8 @@ def pretrain_config(model_name: str) -> ml_collections.ConfigDict:
   config.mode = "pretrain"
   config.seed = 0
   config.model = mae_model(model_name)
-  config.data = data_config()
+  # The evaluation split is what the k-NN below classifies.
+  config.data = data_config(eval_split="validation")
 
   config.batch_size = 4096  # global, per optimizer step
   config.grad_accum_steps = 1  # split each device's batch into micro-batches
@@ -150,6 +178,11 @@ def pretrain_config(model_name: str) -> ml_collections.ConfigDict:
   _logging(config)
   config.figure_every_steps = 5000
   config.figure_images = 8
+  # k-NN accuracy of the encoder's features every so often (0 and 0: off):
+  # the training split is the bank, data.eval_split the queries.
+  config.knn_every_epochs = 0.0
+  config.knn_every_steps = 0
+  config.knn = knn_settings()
   return config
 
 
@@ -208,6 +241,50 @@ def linear_probe_config(model_name: str) -> ml_collections.ConfigDict:
       weight_decay=0.0,
       grad_clip_norm=0.0,
   ))
+  return config
+
+
+def attentive_probe_config(model_name: str) -> ml_collections.ConfigDict:
+  """CAE's attentive probe (CAE paper §4.1; Atten4Vis/CAE
+  scripts/cae_base_800e.sh): frozen encoder, one cross-attention block with a
+  learned query, BatchNorm + Linear head; SGD (Nesterov momentum 0.9, as the
+  official script's timm 'sgd'), lr 0.4 not rescaled, batch 8192, 90 epochs,
+  10 of warm-up, no weight decay; RandomResizedCrop + flip only."""
+  model = classifier_model(model_name, pooling="attentive",
+                           head_batch_norm=True, head_init_std=0.01)
+  config = _classification_config("attentive_probe", model, batch_size=8192,
+                                   epochs=90, warmup_epochs=10)
+  config.optimizer = ml_collections.ConfigDict(dict(
+      name="sgd",
+      base_lr=0.4,
+      scale_lr_by_batch=False,  # lr = base_lr at any batch size
+      min_lr=1e-6,  # the official script's default
+      momentum=0.9,
+      nesterov=True,
+      weight_decay=0.0,
+      grad_clip_norm=0.0,
+  ))
+  return config
+
+
+def knn_config(model_name: str) -> ml_collections.ConfigDict:
+  """Weighted k-NN accuracy of a frozen encoder (DINO's protocol): the
+  training split is the bank, the evaluation split the queries. It trains
+  nothing: the run evaluates `init_from`'s encoder once and stops."""
+  config = ml_collections.ConfigDict()
+  config.mode = "knn"
+  config.seed = 0  # of the random encoder when init_from is empty
+  # A workdir of ours or converted weights (as for the probes); '' = random.
+  config.init_from = ""
+  config.eval_only = True  # k-NN only evaluates
+  config.model = encoder_model(model_name)
+  # What the k-NN reads of the data: no training augmentation.
+  data = data_config(eval_split="validation")
+  config.data = ml_collections.ConfigDict({
+      k: data[k] for k in ("source", "name", "data_dir", "split",
+                           "eval_split", "corrupt_images", "num_workers",
+                           "num_threads", "prefetch_batches")})
+  config.knn = knn_settings()
   return config
 
 

@@ -1,6 +1,10 @@
 """The offline demo: a tiny MAE on scikit-learn's digits, minutes on a CPU.
 
   python -m mae_jax.main --config=configs/demo.py --workdir=workdirs/demo
+
+Every 100 steps, the k-NN accuracy of the encoder's features on the 300 test
+digits (the 1497 training digits as the bank) shows what the loss does not:
+whether the features learn to tell the digits apart.
 """
 
 from configs import common
@@ -13,13 +17,16 @@ def get_config():
       decoder_width=64, decoder_depth=2, decoder_num_heads=4,
       decoder_mlp_dim=256, norm_pix_loss=False)
   config.data.update(source="digits", name="digits", split="train",
-                     crop_scale=(0.5, 1.0), horizontal_flip=False)
+                     eval_split="test", crop_scale=(0.5, 1.0),
+                     horizontal_flip=False)
   config.batch_size = 128
   common.in_steps(config, total=1000, warmup=100)
   config.optimizer.base_lr = 1e-3
   config.log_every_steps = 50
   config.checkpoint_every_steps = 500
   config.figure_every_steps = 500
+  config.knn_every_steps = 100
+  config.knn.batch_size = 256
   return config
 
 

@@ -505,8 +505,8 @@ def resolve_checkpoint(path: str) -> str:
 
 
 def load_variables(path: str) -> tuple[ml_collections.ConfigDict, dict]:
-  """(run config, {'step', 'params'[, 'model_state']}) of a checkpoint of
-  ours, as numpy arrays; the optimizer state is not read."""
+  """(run config, {'step', 'params'[, 'model_state', 'frozen_digest']}) of
+  a checkpoint of ours, as numpy arrays; the optimizer state is not read."""
   step_dir = resolve_checkpoint(path)
   config = ml_collections.ConfigDict(
       ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
@@ -515,7 +515,8 @@ def load_variables(path: str) -> tuple[ml_collections.ConfigDict, dict]:
   state_dir = os.path.join(step_dir, "state")
   tree = checkpointer.metadata(state_dir).item_metadata.tree
   item = {name: jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree[name])
-          for name in ("step", "params", "model_state") if name in tree}
+          for name in ("step", "params", "model_state", "frozen_digest")
+          if name in tree}
   restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
       item=item, partial_restore=True,
       restore_args=jax.tree.map(

@@ -14,8 +14,9 @@ An epoch is `num_examples // batch_size` steps, as the reference's
 import ml_collections
 
 # (name, required): `total` must be given; the others may be left at zero
-# (no warm-up; an interval that is not used by the mode).
-DURATIONS = (("total", True), ("warmup", False), ("eval_every", False))
+# (no warm-up; an interval that is not used by the mode, or k-NN off).
+DURATIONS = (("total", True), ("warmup", False), ("eval_every", False),
+             ("knn_every", False))
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:

@@ -4,9 +4,13 @@
 - fine-tuning: AdamW that also spares pos_embed and cls_token from decay,
   with layer-wise lr decay, optionally with all but the last k blocks frozen
   (partial fine-tuning);
-- linear probe: LARS on the head, the encoder frozen.
-Shared: the linear scaling rule lr = base_lr x batch/256, a per-step linear
-warm-up and half-cycle cosine, optional global-norm clipping.
+- linear probe: LARS on the head, the encoder frozen;
+- attentive probe: SGD with Nesterov momentum on the attentive pooling and
+  the head, the encoder frozen (CAE's recipe);
+- k-NN trains nothing: every parameter is frozen.
+Shared: the linear scaling rule lr = base_lr x batch/256 (unless a recipe
+says its lr is not rescaled), a per-step linear warm-up and half-cycle
+cosine, optional global-norm clipping.
 """
 
 import functools
@@ -14,6 +18,7 @@ import math
 import re
 from typing import Sequence
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -22,11 +27,21 @@ import optax
 # The encoder's input side: layer 0 for the layer-wise lr decay.
 EMBEDDING_NAMES = ("patch_embed", "cls_token", "pos_embed")
 _BLOCK = re.compile(r"blocks_(\d+)$")
+# Modes that train a head on a frozen encoder.
+PROBE_MODES = ("linear_probe", "attentive_probe")
 
 
 def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
-  """The linear scaling rule: lr = base_lr x global batch / 256."""
-  return config.optimizer.base_lr * config.batch_size / 256
+  """The linear scaling rule: lr = base_lr x global batch / 256.
+
+  With `optimizer.scale_lr_by_batch=False`, base_lr is the lr whatever the
+  batch: CAE's attentive probe runs at 0.4 for its batch of 8192, and the
+  official script does not rescale it.
+  """
+  opt = config.optimizer
+  if not opt.get("scale_lr_by_batch", True):
+    return opt.base_lr
+  return opt.base_lr * config.batch_size / 256
 
 
 def warmup_cosine_schedule(peak_lr: float, warmup_steps: int,
@@ -116,10 +131,11 @@ def layer_decay_scales(params, depth: int, decay: float):
 def trainable_mask(config: ml_collections.ConfigDict, params):
   """True for the parameters that `config.mode` trains.
 
-  linear_probe: the head only. finetune: everything when trainable_blocks is
-  -1; otherwise the last `trainable_blocks` blocks, the final norm (fc_norm
-  or the encoder's norm) and the head (paper Fig. 9; 0 blocks is a linear
-  probe without BatchNorm). pretrain: everything.
+  linear_probe, attentive_probe: everything but the encoder (the head, and
+  the attentive pooling). knn: nothing. finetune: everything when
+  trainable_blocks is -1; otherwise the last `trainable_blocks` blocks, the
+  final norm (fc_norm or the encoder's norm) and the head (paper Fig. 9; 0
+  blocks is a linear probe without BatchNorm). pretrain: everything.
   """
 
   mode, depth = config.mode, config.model.depth
@@ -127,8 +143,10 @@ def trainable_mask(config: ml_collections.ConfigDict, params):
 
   def trains(path, _):
     names = _names(path)
-    if mode == "linear_probe":
-      return names[0] == "head"
+    if mode in PROBE_MODES:
+      return names[0] != "encoder"
+    if mode == "knn":
+      return False
     if mode == "pretrain" or trainable_blocks == -1:
       return True
     if names[0] != "encoder" or names[1:3] == ["transformer", "norm"]:
@@ -137,6 +155,16 @@ def trainable_mask(config: ml_collections.ConfigDict, params):
     return block is not None and block >= depth - trainable_blocks
 
   return jax.tree_util.tree_map_with_path(trains, params)
+
+
+def split_frozen(config: ml_collections.ConfigDict, params
+                 ) -> tuple[dict, dict]:
+  """(trained, frozen) parameters of `config.mode`, as flat {path tuple:
+  value} dicts (`flax.traverse_util.flatten_dict`)."""
+  trainable = flax.traverse_util.flatten_dict(trainable_mask(config, params))
+  flat = flax.traverse_util.flatten_dict(params)
+  trained = {k: v for k, v in flat.items() if trainable[k]}
+  return trained, {k: v for k, v in flat.items() if not trainable[k]}
 
 
 def scale_by_layer_decay(depth: int, decay: float
@@ -192,8 +220,15 @@ def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule,
                                                 opt.layer_decay))
   elif opt.name == "lars":
     tx = lars(schedule, opt.momentum, opt.trust_coefficient, opt.weight_decay)
+  elif opt.name == "sgd":
+    # PyTorch's SGD order: decay added to the gradient, then momentum; the
+    # lr scales the momentum's output.
+    tx = optax.chain(
+        optax.add_decayed_weights(opt.weight_decay, mask=weight_decay_mask),
+        optax.sgd(schedule, momentum=opt.momentum, nesterov=opt.nesterov))
   else:
-    raise ValueError(f"optimizer.name={opt.name!r}; use 'adamw' or 'lars'")
+    raise ValueError(f"optimizer.name={opt.name!r}; use 'adamw', 'lars' or "
+                     "'sgd'")
   if opt.grad_clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
   mask = trainable_mask(config, params)

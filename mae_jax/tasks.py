@@ -2,15 +2,19 @@
 it is evaluated. The train loop (train.py) is the same for all and never
 asks which mode it runs; `make_task` is the one place that does.
 
-- 'pretrain': the MAE and its masked reconstruction loss (MAE paper §3);
-- 'linear_probe' and 'finetune': a ViT classifier (MAE paper §4, A.1-A.2)
-  whose encoder comes from `config.init_from`.
+- 'pretrain': the MAE and its masked reconstruction loss (MAE paper §3),
+  with an optional periodic k-NN of its encoder;
+- 'linear_probe', 'attentive_probe' and 'finetune': a ViT classifier (MAE
+  paper §4, A.1-A.2; CAE paper §4.1) whose encoder comes from
+  `config.init_from`;
+- 'knn': the weighted k-NN accuracy of the frozen encoder in
+  `config.init_from` (DINO's protocol); it trains nothing.
 
-Every task has the interface of `Task`. Randomness enters `loss` as the
-step's key; per-example randomness (masking, drop path, random erasing) is
-keyed by each example's global index and batch-level randomness
-(mixup/cutmix) by the step alone, so a run is the same on any number of
-devices.
+Every task has the interface of `Task`, and those that train that of
+`TrainingTask`. Randomness enters `loss` as the step's key; per-example
+randomness (masking, drop path, random erasing) is keyed by each example's
+global index and batch-level randomness (mixup/cutmix) by the step alone, so
+a run is the same on any number of devices.
 """
 
 from typing import Any, Protocol, Sequence
@@ -23,12 +27,14 @@ import ml_collections
 from mae_jax import augment
 from mae_jax import evaluators
 from mae_jax import initialization
+from mae_jax import knn
 from mae_jax import masking
 from mae_jax import models
 from mae_jax.data import sources
 from mae_jax.data import transforms
 
-MODES = ("pretrain", "linear_probe", "finetune")
+MODES = ("pretrain", "linear_probe", "attentive_probe", "finetune", "knn")
+CLASSIFICATION_MODES = ("linear_probe", "attentive_probe", "finetune")
 
 Batch = dict[str, jnp.ndarray]
 # What `loss` returns besides the loss: the new model state (BatchNorm
@@ -41,35 +47,71 @@ class Task(Protocol):
   config: ml_collections.ConfigDict
   model: Any  # the flax module whose `apply` the train state holds
 
-  def validate(self, micro_batch: int):
+  def validate(self, micro_batch: int | None):
     """Raises ValueError, with the fix, for a config this task cannot run
-    with `micro_batch` examples per device and micro-step."""
+    with `micro_batch` examples per device and micro-step (None: the run
+    only evaluates)."""
 
   def init_variables(self, rng: jax.Array, load_pretrained: bool
                      ) -> tuple[Any, dict]:
     """(params, model_state) to start from; with `load_pretrained`, what
     `config.init_from` names is loaded into them (a resumed run restores
-    its own checkpoint instead)."""
+    what it trained from its own checkpoint instead)."""
+
+  def evaluators(self, devices: Sequence[Any],
+                 train_source: sources.Source | None
+                 ) -> list[evaluators.Evaluator]:
+    """What the loop runs every so often (evaluations, figures);
+    `train_source` is the open training split, None when the run only
+    evaluates."""
+
+
+class TrainingTask(Task, Protocol):
 
   def loss(self, params, model_state: dict, batch: Batch, rng: jax.Array,
            step: jnp.ndarray) -> tuple[jnp.ndarray, LossAux]:
     """The mean loss over this device's (micro-)batch; pure, traced once."""
 
-  def evaluators(self, devices: Sequence[Any], train_source: sources.Source
-                 ) -> list[evaluators.Evaluator]:
-    """What the loop runs every so often (evaluations, figures)."""
+
+def _validate_knn(config: ml_collections.ConfigDict):
+  """The k-NN settings (`config.knn`) and the split it queries."""
+  settings = config.knn
+  if not config.data.get("eval_split"):
+    raise ValueError(
+        "k-NN classifies the evaluation split, and data.eval_split is empty;"
+        " set --config.data.eval_split (e.g. 'validation'; 'test' for the "
+        "digits)")
+  if settings.pooling not in knn.POOLINGS:
+    raise ValueError(f"knn.pooling={settings.pooling!r}; use one of "
+                     f"{knn.POOLINGS}")
+  if settings.k < 1 or settings.temperature <= 0:
+    raise ValueError(f"knn.k={settings.k} and knn.temperature="
+                     f"{settings.temperature} must be positive")
+
+
+def _load_encoder(config: ml_collections.ConfigDict, params):
+  """`params` with the encoder of `config.init_from`, if one is named."""
+  if config.init_from:
+    return initialization.load_pretrained_encoder(
+        config.init_from, params, config.model, config.pos_embed_resize)
+  logging.warning("config.init_from is empty: the encoder starts from a "
+                  "random initialisation (the from-scratch baseline).")
+  return params
 
 
 class PretrainTask:
-  """MAE pretraining: all parameters trained, no model state."""
+  """MAE pretraining: all parameters trained, no model state; k-NN of the
+  encoder every `knn_every_steps` when that is positive."""
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
     self.model = models.build(config.model)
 
-  def validate(self, micro_batch: int):
+  def validate(self, micro_batch: int | None):
     del micro_batch
     masking.num_kept(self.model.num_patches, self.config.model.mask_ratio)
+    if self.config.knn_every_steps or self.config.knn_every_epochs:
+      _validate_knn(self.config)
 
   def init_variables(self, rng: jax.Array, load_pretrained: bool
                      ) -> tuple[Any, dict]:
@@ -86,28 +128,39 @@ class PretrainTask:
     loss = self.model.apply({"params": params}, images, noise).loss
     return loss, (model_state, {})
 
-  def evaluators(self, devices: Sequence[Any], train_source: sources.Source
+  def encode(self, params, images: jnp.ndarray) -> jnp.ndarray:
+    """Every patch through the encoder, nothing masked: (B, 1 + L, D)."""
+    return self.model.apply({"params": params}, images,
+                            method=lambda mae, x: mae.encoder(x))
+
+  def evaluators(self, devices: Sequence[Any],
+                 train_source: sources.Source | None
                  ) -> list[evaluators.Evaluator]:
-    del devices
-    return [evaluators.ReconstructionFigures(
-        self.model, train_source, self.config.figure_images,
-        self.config.seed, self.config.figure_every_steps,
-        self.config.data.corrupt_images)]
+    config = self.config
+    result = [evaluators.ReconstructionFigures(
+        self.model, train_source, config.figure_images, config.seed,
+        config.figure_every_steps, config.data.corrupt_images)]
+    if config.knn_every_steps > 0:
+      result.append(evaluators.KNNAccuracy(
+          self.encode, config, devices, config.knn_every_steps,
+          bank_source=train_source))
+    return result
 
 
 class ClassificationTask:
-  """Linear probe or (partial) fine-tuning of a ViT classifier."""
+  """Linear or attentive probe, or (partial) fine-tuning of a ViT
+  classifier."""
 
   def __init__(self, config: ml_collections.ConfigDict, axis_name: str):
     self.config = config
     self.model = models.build_classifier(config.model, axis_name)
     self.num_classes = config.model.num_classes
 
-  def validate(self, micro_batch: int):
+  def validate(self, micro_batch: int | None):
     config = self.config
     group = config.augment.mix_group_size
     if (config.augment.mixup_alpha > 0 or config.augment.cutmix_alpha > 0) and (
-        micro_batch % group or group % 2):
+        micro_batch is not None and (micro_batch % group or group % 2)):
       raise ValueError(
           f"mixup/cutmix draws once per group of augment.mix_group_size={group}"
           " examples and pairs neighbours inside it, so it must be even and "
@@ -127,20 +180,14 @@ class ClassificationTask:
     params = jax.device_get(variables["params"])
     model_state = {k: v for k, v in variables.items() if k != "params"}
     if load_pretrained:
-      if self.config.init_from:
-        params = initialization.load_pretrained_encoder(
-            self.config.init_from, params, self.config.model,
-            self.config.pos_embed_resize)
-      else:
-        logging.warning("config.init_from is empty: the encoder starts from "
-                        "a random initialisation (the from-scratch "
-                        "baseline).")
+      params = _load_encoder(self.config, params)
     return params, model_state
 
   def _variables(self, params, model_state: dict) -> dict:
     return {"params": params, **model_state}
 
-  def evaluators(self, devices: Sequence[Any], train_source: sources.Source
+  def evaluators(self, devices: Sequence[Any],
+                 train_source: sources.Source | None
                  ) -> list[evaluators.Evaluator]:
     del train_source
     return [evaluators.TopKAccuracy(self, self.config, devices)]
@@ -180,25 +227,57 @@ class ClassificationTask:
     images = transforms.normalize(batch["image"], xp=jnp)
     logits = self.model.apply(self._variables(params, model_state), images)
     valid = batch["mask"]
+    in_top_k = evaluators.in_top_k
     return {"top1": jnp.sum(in_top_k(logits, batch["label"], 1) * valid),
             "top5": jnp.sum(in_top_k(logits, batch["label"], 5) * valid),
             "count": jnp.sum(valid)}
 
 
-def in_top_k(logits: jnp.ndarray, labels: jnp.ndarray, k: int) -> jnp.ndarray:
-  """(B,) whether the true class is among the k highest logits.
+class KNNTask:
+  """Weighted k-NN accuracy of the frozen encoder in `config.init_from`.
 
-  The true class's rank is how many other classes score at least as high:
-  ties count against the model, and a NaN logit is never correct.
+  Nothing is trained, so there is no loss and no checkpoint: the run
+  evaluates once (`config.eval_only`) and stops. The parameters are the
+  encoder's, under 'encoder' as in a classifier, so every `init_from` a
+  probe takes fits.
   """
-  true_logit = jnp.take_along_axis(logits, labels[:, None], axis=1)
-  rank = jnp.sum(~(logits < true_logit), axis=1) - 1
-  return rank < k
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    if not config.eval_only:
+      raise ValueError("mode=knn trains nothing: it evaluates the encoder of "
+                       "config.init_from once; keep --config.eval_only=True")
+    self.config = config
+    self.model = models.build_encoder(config.model)
+
+  def validate(self, micro_batch: int | None):
+    del micro_batch
+    _validate_knn(self.config)
+
+  def init_variables(self, rng: jax.Array, load_pretrained: bool
+                     ) -> tuple[Any, dict]:
+    size = self.config.model.image_size
+    params = {"encoder": jax.device_get(jax.jit(self.model.init)(
+        rng, jnp.zeros((1, size, size, 3)))["params"])}
+    if load_pretrained:
+      params = _load_encoder(self.config, params)
+    return params, {}
+
+  def encode(self, params, images: jnp.ndarray) -> jnp.ndarray:
+    """(B, 1 + L, D) tokens after the final norm."""
+    return self.model.apply({"params": params["encoder"]}, images)
+
+  def evaluators(self, devices: Sequence[Any],
+                 train_source: sources.Source | None
+                 ) -> list[evaluators.Evaluator]:
+    return [evaluators.KNNAccuracy(self.encode, self.config, devices,
+                                   every_steps=0, bank_source=train_source)]
 
 
 def make_task(config: ml_collections.ConfigDict, axis_name: str) -> Task:
   if config.mode == "pretrain":
     return PretrainTask(config)
-  if config.mode in ("linear_probe", "finetune"):
+  if config.mode in CLASSIFICATION_MODES:
     return ClassificationTask(config, axis_name)
+  if config.mode == "knn":
+    return KNNTask(config)
   raise ValueError(f"mode={config.mode!r} is not known; use one of {MODES}")

@@ -10,6 +10,7 @@ the trajectory does not depend on how many devices share it.
 
 from absl import logging
 import functools
+import hashlib
 import time
 from typing import Any, Callable, Sequence
 
@@ -98,12 +99,20 @@ class TrainMetrics(metrics.Collection):
 
 def validate_config(config: ml_collections.ConfigDict, process_count: int,
                     local_device_count: int):
-  """Checks what would otherwise fail late, with the fix in the message."""
-  if config.batch_size <= 0:
-    raise ValueError(f"batch_size={config.batch_size} must be positive")
+  """Checks what would otherwise fail late, with the fix in the message.
+
+  A run that only evaluates (`eval_only`; k-NN always) is not asked for the
+  training settings it does not use.
+  """
   if config.mode not in tasks.MODES:
     raise ValueError(f"mode={config.mode!r} is not known; use one of "
                      f"{tasks.MODES}")
+  task = tasks.make_task(config, AXIS)
+  if config.get("eval_only", False):
+    task.validate(micro_batch=None)
+    return
+  if config.batch_size <= 0:
+    raise ValueError(f"batch_size={config.batch_size} must be positive")
   _, per_device = pipeline.local_batch_layout(
       config.batch_size, 0, process_count, local_device_count)
   if per_device % config.grad_accum_steps:
@@ -118,7 +127,7 @@ def validate_config(config: ml_collections.ConfigDict, process_count: int,
   if config.resume_step < 0:
     raise ValueError(f"resume_step={config.resume_step}: use 0 (the newest "
                      "checkpoint) or a kept step")
-  tasks.make_task(config, AXIS).validate(per_device // config.grad_accum_steps)
+  task.validate(per_device // config.grad_accum_steps)
 
 
 def create_train_state(task, config: ml_collections.ConfigDict,
@@ -127,7 +136,7 @@ def create_train_state(task, config: ml_collections.ConfigDict,
   """Initial parameters and optimizer state, unreplicated.
 
   With `load_init_from`, the task loads what `config.init_from` names (a
-  resumed run restores its own checkpoint instead).
+  resumed run restores what it trained from its own checkpoint instead).
   """
   params, model_state = task.init_variables(rng, load_init_from)
   state = TrainState.create(
@@ -177,20 +186,16 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, task,
   """One optimizer step on this device's share of the batch (under pmap).
 
   Only the trainable parameters are differentiated, accumulated and averaged
-  over devices; frozen ones (a linear probe's encoder) enter the loss as
+  over devices; frozen ones (a probe's encoder) enter the loss as
   constants, so no backward pass runs through them and no gradient buffer of
   their size exists.
   """
-  trainable = flax.traverse_util.flatten_dict(
-      optim.trainable_mask(task.config, state.params))
-  flat_params = flax.traverse_util.flatten_dict(state.params)
-  frozen = {k: v for k, v in flat_params.items() if not trainable[k]}
+  trained, frozen = optim.split_frozen(task.config, state.params)
 
   def loss_fn(trained, model_state, batch):
     params = flax.traverse_util.unflatten_dict({**frozen, **trained})
     return task.loss(params, model_state, batch, rng, state.step)
 
-  trained = {k: v for k, v in flat_params.items() if trainable[k]}
   loss, grads, (model_state, extra) = accumulate_gradients(
       loss_fn, trained, state.model_state, batch, grad_accum_steps)
   loss, grads, extra = jax.lax.pmean((loss, grads, extra), AXIS)
@@ -208,14 +213,58 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, task,
   return new_state, step_metrics
 
 
-def checkpoint_tree(state: TrainState) -> dict:
-  """What a checkpoint holds: the step, parameters, optimizer state and,
-  when there is one, the model state."""
-  tree = {"step": state.step, "params": state.params,
+def frozen_digest(config: ml_collections.ConfigDict, params
+                  ) -> np.ndarray | None:
+  """SHA-256 (32 uint8) of the parameters `config.mode` does not train (a
+  probe's encoder), names, shapes and bytes; None when it trains all."""
+  _, frozen = optim.split_frozen(config, params)
+  if not frozen:
+    return None
+  digest = hashlib.sha256()
+  for path in sorted(frozen):
+    value = np.asarray(jax.device_get(frozen[path]))
+    digest.update(f"{'/'.join(path)}:{value.dtype}:{value.shape}".encode())
+    digest.update(np.ascontiguousarray(value).tobytes())
+  return np.frombuffer(digest.digest(), np.uint8)
+
+
+def checkpoint_tree(state: TrainState, config: ml_collections.ConfigDict,
+                    digest: np.ndarray | None) -> dict:
+  """What a checkpoint holds: the step, the trained parameters, optimizer
+  state and, when there is one, the model state.
+
+  Frozen parameters (a probe's encoder: most of the model) are not saved;
+  a resumed or evaluated run loads them from `init_from` again, and their
+  `digest` (`frozen_digest`) in the checkpoint tells whether they are still
+  the ones it was trained with.
+  """
+  trained, _ = optim.split_frozen(config, state.params)
+  tree = {"step": state.step,
+          "params": flax.traverse_util.unflatten_dict(trained),
           "opt_state": state.opt_state}
   if state.model_state:
     tree["model_state"] = state.model_state
+  if digest is not None:
+    tree["frozen_digest"] = digest
   return tree
+
+
+def _check_frozen_digest(stored: np.ndarray | None,
+                         digest: np.ndarray | None,
+                         config: ml_collections.ConfigDict, where: str):
+  if stored is not None and not np.array_equal(stored, digest):
+    raise ValueError(
+        f"the checkpoint in {where} was trained on other frozen parameters "
+        f"than those of init_from={config.init_from!r} (was that checkpoint "
+        "changed, or another one named?); they are not saved with the run. "
+        "Use the init_from the run was started with, or a new --workdir.")
+
+
+def _with_trained(params, trained) -> dict:
+  """`params` with the entries of `trained` (a subtree) replaced."""
+  flat = flax.traverse_util.flatten_dict(params)
+  flat.update(flax.traverse_util.flatten_dict(trained))
+  return flax.traverse_util.unflatten_dict(flat)
 
 
 @jax.jit
@@ -289,24 +338,44 @@ def _write_report(writer, workdir: str, step: int,
                          str(epath.Path(workdir) / f"{name}_{step:07d}.png"))
 
 
-def _evaluate_checkpoint(task, config: ml_collections.ConfigDict,
-                         workdir: str, devices: Sequence[Any]) -> TrainState:
-  """`eval_only`: runs the task's evaluators on the newest checkpoint in
-  `workdir` and writes their results at the checkpoint's step; returns the
-  evaluated state."""
+def _evaluated_checkpoint(config: ml_collections.ConfigDict,
+                          workdir: str) -> dict:
+  """{'step', 'params', ...} of the newest checkpoint in `workdir`, which
+  must hold a run with a classifier."""
   stored_config, variables = checkpointing.load_variables(workdir)
   if stored_config.get("mode") == "pretrain":
     raise ValueError(
         f"{workdir} holds a pretraining checkpoint, which has no classifier "
-        "to evaluate; evaluate a linear_probe or finetune workdir, or train "
-        f"one with --config.init_from={workdir}")
-  step = int(variables.pop("step"))
+        "to evaluate; evaluate a linear_probe, attentive_probe or finetune "
+        f"workdir, or train one with --config.init_from={workdir}")
   if dict(stored_config.model) != dict(config.model):
     logging.warning("The checkpoint's model config differs from the given "
                     "one; evaluating with the given one:\n%s",
                     stored_config.model)
-  params, model_state = variables.pop("params"), variables.pop(
-      "model_state", {})
+  return variables
+
+
+def _evaluate(task, config: ml_collections.ConfigDict, workdir: str,
+              devices: Sequence[Any]) -> TrainState:
+  """`eval_only`: runs the task's evaluators once, writes their results and
+  returns the evaluated state.
+
+  What is evaluated: the newest checkpoint in `workdir`, at its step, with
+  its frozen parameters loaded from `init_from` again; a model with nothing
+  to train (k-NN) has no checkpoint and is evaluated as `init_from` gives
+  it, at step 0.
+  """
+  rng, _ = _rngs(config)
+  params, model_state = task.init_variables(rng, load_pretrained=False)
+  trained, frozen = optim.split_frozen(config, params)
+  stored = _evaluated_checkpoint(config, workdir) if trained else {"step": 0}
+  if frozen:  # not in the checkpoint: init_from has them
+    params, model_state = task.init_variables(rng, load_pretrained=True)
+    _check_frozen_digest(stored.get("frozen_digest"),
+                         frozen_digest(config, params), config, workdir)
+  params = _with_trained(params, stored.get("params", {}))
+  model_state = stored.get("model_state", model_state)
+  step = int(stored["step"])
   state = TrainState(step=step, apply_fn=task.model.apply, params=params,
                      model_state=model_state, tx=None, opt_state=None)
   replicated = devices_lib.replicate(state, devices)
@@ -315,6 +384,13 @@ def _evaluate_checkpoint(task, config: ml_collections.ConfigDict,
     _write_report(writer, workdir, step, evaluator(replicated))
   writer.flush()
   return state
+
+
+def _rngs(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
+  """The run's keys: of the initial parameters (a random frozen encoder
+  among them, which `eval_only` makes again) and the one the steps fold."""
+  init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+  return init_rng, step_rng
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -332,8 +408,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     raise PermissionError(f"cannot create --workdir={workdir} ({e}); use a "
                           "directory this process can write to") from e
   if config.get("eval_only", False):
-    return _evaluate_checkpoint(tasks.make_task(config, AXIS), config,
-                                workdir, devices)
+    return _evaluate(tasks.make_task(config, AXIS), config, workdir, devices)
   # One run per workdir (workdir_lock.py); process 0 holds the lock.
   lock = workdir_lock.WorkdirLock(workdir)
   multihost.on_process_0("locking the workdir", lock.acquire)
@@ -355,14 +430,21 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
                optim.peak_learning_rate(config))
   task = tasks.make_task(config, AXIS)
   schedule = optim.make_schedule(config)
-  init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+  init_rng, step_rng = _rngs(config)
   checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
   checkpointer.check_model_config(config)  # a workdir holds one run
   resuming = checkpointer.latest_step() is not None
   state = create_train_state(task, config, init_rng, schedule,
                              load_init_from=not resuming)
-  restored, start_step = checkpointer.restore(checkpoint_tree(state),
-                                              config.resume_step)
+  if resuming and optim.split_frozen(config, state.params)[1]:
+    # Frozen parameters are not in the checkpoint: init_from has them.
+    state = create_train_state(task, config, init_rng, schedule)
+  digest = frozen_digest(config, state.params)
+  restored, start_step = checkpointer.restore(
+      checkpoint_tree(state, config, digest), config.resume_step)
+  _check_frozen_digest(restored.pop("frozen_digest", None), digest, config,
+                       checkpointer.directory)
+  restored["params"] = _with_trained(state.params, restored["params"])
   state = state.replace(**restored)
   if start_step:
     logging.info("Resuming from step %d", start_step)
@@ -446,8 +528,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
       # Saved before the evaluators run, so that an evaluation that fails
       # does not lose the step.
       if save:
-        checkpointer.save(step, checkpoint_tree(devices_lib.unreplicate(state)),
-                          config)
+        checkpointer.save(
+            step, checkpoint_tree(devices_lib.unreplicate(state), config,
+                                  digest), config)
       for evaluator in due:
         _write_report(writer, workdir, step, evaluator(state))
       if due:

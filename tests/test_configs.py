@@ -19,11 +19,17 @@ PRETRAIN_CONFIGS = ("demo.py",) + IMAGENET_CONFIGS
 LINEAR_PROBE_CONFIGS = ("mae_vit_base_linear_probe.py",
                         "mae_vit_large_linear_probe.py",
                         "mae_vit_huge_linear_probe.py")
+ATTENTIVE_PROBE_CONFIGS = ("mae_vit_base_attentive_probe.py",
+                           "mae_vit_large_attentive_probe.py",
+                           "mae_vit_huge_attentive_probe.py")
 FINETUNE_CONFIGS = ("mae_vit_base_finetune.py", "mae_vit_large_finetune.py",
                     "mae_vit_huge_finetune.py")
-CLASSIFICATION_CONFIGS = (("demo_linear_probe.py", "demo_finetune.py")
-                          + LINEAR_PROBE_CONFIGS + FINETUNE_CONFIGS)
-ALL_CONFIGS = PRETRAIN_CONFIGS + CLASSIFICATION_CONFIGS
+CLASSIFICATION_CONFIGS = (
+    ("demo_linear_probe.py", "demo_attentive_probe.py", "demo_finetune.py")
+    + LINEAR_PROBE_CONFIGS + ATTENTIVE_PROBE_CONFIGS + FINETUNE_CONFIGS)
+KNN_CONFIGS = ("demo_knn.py", "mae_vit_base_knn.py", "mae_vit_large_knn.py",
+               "mae_vit_huge_knn.py")
+ALL_CONFIGS = PRETRAIN_CONFIGS + CLASSIFICATION_CONFIGS + KNN_CONFIGS
 
 
 def _load(config_file, *overrides):
@@ -48,9 +54,9 @@ def test_every_config_file_is_tested():
 def test_config_file_loads_locked_and_valid(config_file):
   config = _load(config_file)
   assert config.is_locked
-  expected_mode = next(mode for mode in ("linear_probe", "finetune")
-                       if mode in config_file) if (
-                           config_file in CLASSIFICATION_CONFIGS) else "pretrain"
+  expected_mode = next((mode for mode in (
+      "linear_probe", "attentive_probe", "finetune", "knn")
+                        if mode in config_file), "pretrain")
   assert config.mode == expected_mode
   assert config.model.image_size % config.model.patch_size == 0
   # The recipe fits on 8 devices as written.
@@ -148,6 +154,47 @@ def test_linear_probe_configs_hold_the_paper_recipe(config_file):
   assert config.data.eval_split == "validation"
 
 
+@pytest.mark.parametrize("config_file", ATTENTIVE_PROBE_CONFIGS)
+def test_attentive_probe_configs_hold_cae_recipe(config_file):
+  config = _load(config_file)
+  model, opt = config.model, config.optimizer
+  assert (model.pooling, model.head_batch_norm) == ("attentive", True)
+  assert model.head_init_std == 0.01 and model.drop_path_rate == 0.0
+  assert config.batch_size == 8192
+  assert (opt.name, opt.base_lr, opt.momentum, opt.nesterov,
+          opt.weight_decay, opt.scale_lr_by_batch) == ("sgd", 0.4, 0.9, True,
+                                                       0.0, False)
+  assert optim.peak_learning_rate(config) == 0.4
+  assert (config.total_epochs, config.warmup_epochs) == (90, 10)
+  assert tuple(config.data.crop_scale) == (0.08, 1.0)
+  # timm's RandomResizedCrop in the official script, not MAE's clamped one.
+  assert config.data.crop_sampler == "torchvision"
+  assert config.data.horizontal_flip is True
+  assert config.data.rand_augment_num_ops == 0
+  augment = config.augment
+  assert (augment.mixup_alpha, augment.cutmix_alpha, augment.label_smoothing,
+          augment.random_erasing) == (0.0, 0.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("config_file", KNN_CONFIGS)
+def test_knn_configs_hold_dino_recipe_and_only_evaluate(config_file):
+  config = _load(config_file, "--config.init_from=/some/workdir")
+  assert (config.knn.k, config.knn.temperature, config.knn.pooling) == (
+      20, 0.07, "cls")
+  assert config.eval_only is True
+  assert config.data.eval_split == ("test" if "demo" in config_file
+                                    else "validation")
+  with pytest.raises(ValueError, match="mode=knn trains nothing"):
+    train.validate_config(_load(config_file, "--config.eval_only=False"), 1,
+                          8)
+
+
+def test_pretraining_runs_knn_only_when_asked():
+  assert _load("mae_vit_base_pretrain.py").knn_every_epochs == 0
+  assert _load("mae_vit_base_pretrain.py").knn_every_steps == 0
+  assert _load("demo.py").knn_every_steps == 100
+
+
 @pytest.mark.parametrize("config_file,epochs,base_lr,layer_decay,drop_path", [
     ("mae_vit_base_finetune.py", 100, 5e-4, 0.65, 0.1),
     ("mae_vit_large_finetune.py", 50, 1e-3, 0.75, 0.2),
@@ -185,7 +232,8 @@ def test_classifier_configs_build_their_model(config_file):
 
 def test_demo_classifiers_use_the_demo_encoder():
   pretrain = _load("demo.py").model
-  for config_file in ("demo_linear_probe.py", "demo_finetune.py"):
+  for config_file in ("demo_linear_probe.py", "demo_attentive_probe.py",
+                      "demo_finetune.py", "demo_knn.py"):
     model = _load(config_file).model
     for field in ("image_size", "patch_size", "width", "depth", "num_heads",
                   "mlp_dim", "layer_norm_eps"):
@@ -286,6 +334,15 @@ def test_validate_config_rejects_trainable_blocks_out_of_range():
   config = _finetune(trainable_blocks=13)
   with pytest.raises(ValueError, match="0..12"):
     train.validate_config(config, 1, 8)
+
+
+def test_validate_config_rejects_knn_without_an_eval_split():
+  config = _config(knn_every_steps=10)
+  config.data.eval_split = ""
+  with pytest.raises(ValueError, match="data.eval_split is empty"):
+    train.validate_config(config, 1, 8)
+  config.knn_every_steps = 0  # off: no evaluation split needed
+  train.validate_config(config, 1, 8)
 
 
 def test_validate_config_rejects_a_mask_ratio_that_leaves_nothing_visible():

@@ -86,3 +86,12 @@ def test_describe_names_steps_and_epochs():
   assert "312 steps per epoch" in line
   assert "total=249600 steps (800 epochs)" in line
   assert "warmup=12480 steps (40 epochs)" in line
+
+
+def test_knn_interval_in_epochs():
+  config = _pretrain()
+  config.knn_every_epochs = 10.0
+  resolved = durations.resolve(config, IMAGENET)
+  assert resolved.knn_every_steps == 10 * 312
+  config.knn_every_epochs = 0.0
+  assert durations.resolve(config, IMAGENET).knn_every_steps == 0  # off

@@ -13,7 +13,8 @@ import pytest
 
 from mae_jax import checkpointing
 from mae_jax import train
-from testing_utils import assert_same_trajectory, read_only, tiny_config
+from testing_utils import (assert_same_trajectory, read_only, tiny_config,
+                           tiny_knn_config)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
@@ -259,3 +260,16 @@ def test_decisions_are_shared_and_waits_end():
     assert "decision failed: no such checkpoint" in output, output
   assert re.search(r"timed out: waiting: process 0 did not report within 3 s",
                    outputs[1]), outputs[1]
+
+
+def test_knn_over_two_processes_is_the_knn_of_one(tmp_path):
+  # The bank sharded over 2 processes x 4 devices, the candidates merged
+  # across processes inside the step.
+  config_file = tmp_path / "knn_config.py"
+  config_file.write_text("from testing_utils import tiny_knn_config\n\n"
+                         "def get_config():\n  return tiny_knn_config()\n")
+  _run_processes(["-m", "mae_jax.main"], [f"--config={config_file}",
+                                          f"--workdir={tmp_path / 'two'}"])
+  train.train_and_evaluate(tiny_knn_config(), str(tmp_path / "one"))
+  two, one = _read_metrics(tmp_path / "two"), _read_metrics(tmp_path / "one")
+  assert two == one and "eval/knn_top1" in one[0]

@@ -156,3 +156,40 @@ def test_lars_applies_the_lr_after_momentum_as_the_reference():
   second, _ = tx.update(grads, state, params)
   np.testing.assert_allclose(first["b"], -1.0)  # lr 1 x buffer 1
   np.testing.assert_allclose(second["b"], -2.0 * 1.9)  # lr 2 x buffer 1.9
+
+
+def test_attentive_probe_lr_is_not_rescaled_by_the_batch():
+  config = tiny_classifier_config("attentive_probe")
+  for batch_size in (16, 8192):
+    config.batch_size = batch_size
+    assert optim.peak_learning_rate(config) == 0.4
+
+
+def test_attentive_probe_trains_pooling_and_head_with_nesterov_sgd():
+  config = tiny_classifier_config("attentive_probe")
+  params = jax.tree.map(lambda s: jnp.ones(s.shape),
+                        _classifier_params(config))
+  mask = optim.trainable_mask(config, params)
+  assert all(jax.tree.leaves(mask["attentive_pool"]))
+  assert all(jax.tree.leaves(mask["head"]))
+  assert not any(jax.tree.leaves(mask["encoder"]))
+  lrs = {0: 1.0, 1: 0.5}
+  tx = optim.make_optimizer(config, lambda step: lrs[int(step)], params)
+  state = tx.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  first, state = tx.update(grads, state, params)
+  second, _ = tx.update(jax.tree.map(lambda g: 2 * g, grads), state, params)
+  assert not any(np.any(u) for u in jax.tree.leaves(second["encoder"]))
+  # PyTorch's SGD(nesterov=True): buf = 0.9 buf + g; step = lr (g + 0.9 buf).
+  buf = 1.0
+  np.testing.assert_allclose(first["head"]["kernel"], -1.0 * (1 + 0.9 * buf))
+  buf = 0.9 * buf + 2
+  np.testing.assert_allclose(second["head"]["kernel"],
+                             -0.5 * (2 + 0.9 * buf), rtol=1e-6)
+
+
+def test_knn_trains_nothing():
+  config = tiny_classifier_config("linear_probe")
+  config.mode = "knn"
+  assert not any(jax.tree.leaves(optim.trainable_mask(
+      config, _classifier_params(config))))

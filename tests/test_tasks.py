@@ -1,6 +1,7 @@
-"""The evaluation protocols end to end: frozen parameters stay frozen,
-batch statistics and mixup pairs do not depend on the device count, and
-evaluation counts every example exactly once."""
+"""The evaluation protocols end to end: frozen parameters stay frozen and out
+of the checkpoints, batch statistics and mixup pairs do not depend on the
+device count, evaluation counts every example exactly once, k-NN is the
+brute-force one and leaves pretraining alone."""
 
 import json
 import os
@@ -22,7 +23,8 @@ from mae_jax.data import sources
 from mae_jax.data import transforms
 from mae_jax.models import vit
 import image_files
-from testing_utils import tiny_classifier_config, tiny_model
+from testing_utils import (tiny_classifier_config, tiny_config,
+                           tiny_knn_config, tiny_model)
 
 
 @pytest.fixture(scope="module")
@@ -150,9 +152,9 @@ def test_top_k_counts_ties_and_nan_as_wrong():
                         [np.nan, 0.0, 0.0, 0.0],  # NaN true logit
                         [0.0, np.nan, 3.0, 1.0]])  # a NaN elsewhere
   labels = jnp.asarray([1, 0, 0, 2])
-  np.testing.assert_array_equal(tasks.in_top_k(logits, labels, 1),
+  np.testing.assert_array_equal(evaluators.in_top_k(logits, labels, 1),
                                 [True, False, False, False])
-  np.testing.assert_array_equal(tasks.in_top_k(logits, labels, 2),
+  np.testing.assert_array_equal(evaluators.in_top_k(logits, labels, 2),
                                 [True, True, False, True])
 
 
@@ -202,3 +204,186 @@ def test_evaluation_leaves_out_and_reports_unreadable_images(tmp_path):
   with pytest.raises(ValueError, match="broken.jpg.*corrupt_images=skip"):
     evaluators.TopKAccuracy(task, config, devices)(
         devices_lib.replicate(state, devices))
+
+
+def _stored(workdir):
+  """The newest checkpoint's variables."""
+  return checkpointing.load_variables(str(workdir))[1]
+
+
+def test_attentive_probe_keeps_the_encoder_and_saves_only_the_head(
+    tmp_path, pretrained):
+  init_from, mae_params = pretrained
+  config = tiny_classifier_config("attentive_probe", init_from=init_from)
+  state = train.train_and_evaluate(config, str(tmp_path))
+  encoder = _flat(jax.device_get(state.params["encoder"]))
+  for name, value in _flat(mae_params["encoder"]).items():
+    np.testing.assert_array_equal(encoder[name], value, err_msg=name)
+  assert np.any(state.params["attentive_pool"]["query"] != 0)
+  stored = _stored(tmp_path)
+  assert set(stored["params"]) == {"attentive_pool", "head"}
+  assert stored["frozen_digest"].shape == (32,)
+  metrics = _read_metrics(str(tmp_path))
+  assert "eval/top1" in metrics[-1] and "eval/top5" in metrics[-1]
+
+
+def test_attentive_probe_resumes_exactly_from_a_head_only_checkpoint(
+    tmp_path, pretrained):
+  init_from, _ = pretrained
+  config = tiny_classifier_config("attentive_probe", init_from=init_from)
+  straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
+  config.total_steps = 2
+  train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  config.total_steps = 4
+  resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  jax.tree.map(np.testing.assert_array_equal,
+               jax.device_get((straight.params, straight.model_state)),
+               jax.device_get((resumed.params, resumed.model_state)))
+
+
+def test_frozen_parameters_of_another_init_from_are_refused(tmp_path,
+                                                            pretrained):
+  init_from, _ = pretrained
+  config = tiny_classifier_config("attentive_probe", init_from=init_from,
+                                  total_steps=2)
+  train.train_and_evaluate(config, str(tmp_path))
+  config.init_from = ""  # a random encoder instead
+  config.total_steps = 4
+  with pytest.raises(ValueError, match="trained on other frozen parameters"):
+    train.train_and_evaluate(config, str(tmp_path))
+  config.eval_only = True
+  with pytest.raises(ValueError, match="trained on other frozen parameters"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_eval_only_of_a_probe_loads_the_encoder_from_init_from(tmp_path,
+                                                               pretrained):
+  init_from, _ = pretrained
+  config = tiny_classifier_config("attentive_probe", init_from=init_from,
+                                  total_steps=2, eval_every_steps=2)
+  train.train_and_evaluate(config, str(tmp_path))
+  trained = _read_metrics(str(tmp_path))[-1]
+  config.eval_only = True
+  train.train_and_evaluate(config, str(tmp_path))
+  evaluated = _read_metrics(str(tmp_path))[-1]
+  assert evaluated["step"] == 2
+  assert evaluated["eval/top1"] == trained["eval/top1"]
+
+
+def _center_cropped(split):
+  source = sources.DigitsSource(split, 16)
+  images = np.stack([transforms.center_crop(source[i].image, 16)
+                     for i in range(len(source))])
+  return transforms.normalize(images), np.asarray(
+      [source[i].label for i in range(len(source))])
+
+
+def _brute_force_knn_accuracy(config, encoder_params):
+  """Top-1/top-5 in % of DINO's weighted k-NN, written out in numpy."""
+  encoder = models.build_encoder(config.model)
+
+  def features(images):
+    cls = np.asarray(encoder.apply({"params": encoder_params}, images)[:, 0],
+                     np.float64)
+    return cls / np.linalg.norm(cls, axis=1, keepdims=True)
+
+  bank_images, bank_labels = _center_cropped("train")
+  query_images, query_labels = _center_cropped("test")
+  similarity = features(query_images) @ features(bank_images).T
+  index = np.broadcast_to(np.arange(len(bank_labels)), similarity.shape)
+  nearest = np.lexsort((index, -similarity), axis=1)[:, :config.knn.k]
+  weights = np.exp(np.take_along_axis(similarity, nearest, 1)
+                   / config.knn.temperature)
+  votes = np.zeros((len(query_labels), 10))
+  for row in range(len(query_labels)):
+    np.add.at(votes[row], bank_labels[nearest[row]], weights[row])
+  # Ties count against the classifier, as in evaluators.in_top_k.
+  true_votes = votes[np.arange(len(votes)), query_labels][:, None]
+  rank = np.sum(votes >= true_votes, axis=1) - 1
+  return 100 * np.mean(rank < 1), 100 * np.mean(rank < 5)
+
+
+def test_knn_mode_is_the_brute_force_knn_on_one_and_eight_devices(
+    tmp_path, pretrained):
+  init_from, mae_params = pretrained
+  config = tiny_knn_config(init_from=init_from)
+  one = train.train_and_evaluate(config, str(tmp_path / "one"),
+                                 devices=jax.local_devices()[:1])
+  train.train_and_evaluate(config, str(tmp_path / "eight"))
+  (on_one,), (on_eight,) = (_read_metrics(tmp_path / d)
+                            for d in ("one", "eight"))
+  assert on_one == on_eight
+  assert on_one["step"] == 0
+  top1, top5 = _brute_force_knn_accuracy(config, mae_params["encoder"])
+  assert on_one["eval/knn_top1"] == pytest.approx(top1, abs=1e-4)
+  assert on_one["eval/knn_top5"] == pytest.approx(top5, abs=1e-4)
+  assert 30 < top1 < 100  # a real test: neither chance nor trivial
+  # k-NN trained nothing and saved nothing.
+  np.testing.assert_array_equal(one.params["encoder"]["cls_token"],
+                                mae_params["encoder"]["cls_token"])
+  assert not (tmp_path / "one" / "checkpoints").exists()
+
+
+def test_knn_during_pretraining_leaves_the_trajectory_bit_identical(tmp_path):
+  without = train.train_and_evaluate(tiny_config(total_steps=4),
+                                     str(tmp_path / "without"))
+  with_knn = train.train_and_evaluate(
+      tiny_config(total_steps=4, knn_every_steps=2), str(tmp_path / "with"))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(without.params),
+               jax.device_get(with_knn.params))
+  knn_steps = [m["step"] for m in _read_metrics(tmp_path / "with")
+               if "eval/knn_top1" in m]
+  assert knn_steps == [2, 4]
+  assert not any("eval/knn_top1" in m
+                 for m in _read_metrics(tmp_path / "without"))
+
+
+def _one_class_folder(root):
+  """An image folder whose every image is in one class folder: unlabelled
+  data as it is often laid out for pretraining."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for split in ("train", "test"):
+    (root / split / "all").mkdir(parents=True)
+    for i in range(20):
+      Image.fromarray(rng.integers(0, 256, (16, 16, 3), np.uint8)).save(
+          root / split / "all" / f"{i}.png")
+  return str(root)
+
+
+def test_knn_on_unlabelled_data_fails_before_training(tmp_path):
+  config = tiny_config(knn_every_steps=2)
+  config.data.update(source="folder", data_dir=_one_class_folder(
+      tmp_path / "data"), split="train", eval_split="test")
+  with pytest.raises(ValueError, match="k-NN needs labelled images, and split"
+                     " 'train' of data.source='folder' has 1 classes"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("mode", ["knn", "attentive_probe"])
+def test_an_encoder_checkpoint_of_another_size_is_refused(tmp_path, pretrained,
+                                                          mode):
+  init_from, _ = pretrained
+  config = (tiny_knn_config() if mode == "knn"
+            else tiny_classifier_config(mode))
+  config.update(init_from=init_from)
+  config.model.update(width=64, mlp_dim=128)
+  with pytest.raises(ValueError, match="does not fit the configured model"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert not (tmp_path / "checkpoints").exists() or not os.listdir(
+      tmp_path / "checkpoints")
+
+
+def test_knn_leaves_out_and_reports_unreadable_images(tmp_path):
+  image_files.folder_with_corrupt_image(tmp_path / "data")
+  config = tiny_knn_config()
+  config.data.update(source="folder", data_dir=str(tmp_path / "data"),
+                     split="train", eval_split="train",
+                     corrupt_images="skip")
+  config.knn.update(k=3, batch_size=8)
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  (metrics,) = _read_metrics(tmp_path / "run")
+  # Out of the bank and out of the queries (the evaluator checks that the
+  # counted and the skipped make the split): counted once in each.
+  assert metrics["eval/knn_skipped_images"] == 2

@@ -55,8 +55,9 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
   """A pretraining run on digits that takes a few seconds."""
   config = common.pretrain_config("tiny/4")
   config.model = tiny_model()
-  config.data.update(source="digits", split="train", crop_scale=(0.5, 1.0),
-                     num_workers=0, num_threads=2)
+  config.data.update(source="digits", split="train", eval_split="test",
+                     crop_scale=(0.5, 1.0), num_workers=0, num_threads=2)
+  config.knn.batch_size = 64
   config.batch_size = 16
   common.in_steps(config, total=6, warmup=2)
   config.optimizer.base_lr = 1e-3
@@ -70,9 +71,12 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
 
 def tiny_classifier_config(mode: str = "finetune", **overrides
                            ) -> ml_collections.ConfigDict:
-  """A linear probe or fine-tuning on digits with the tiny encoder."""
+  """A linear or attentive probe or a fine-tuning on digits with the tiny
+  encoder."""
   if mode == "linear_probe":
     config = common.linear_probe_config("tiny/4")
+  elif mode == "attentive_probe":
+    config = common.attentive_probe_config("tiny/4")
   else:
     config = common.finetune_config("tiny/4", epochs=1, base_lr=1e-3,
                                     layer_decay=0.75, drop_path_rate=0.1)
@@ -88,6 +92,18 @@ def tiny_classifier_config(mode: str = "finetune", **overrides
   config.log_every_steps = 2
   config.checkpoint_every_steps = 2
   config.eval_every_epochs, config.eval_every_steps = 0.0, 4
+  config.update(overrides)
+  return config
+
+
+def tiny_knn_config(**overrides) -> ml_collections.ConfigDict:
+  """k-NN of the tiny encoder on digits: 1497 bank images, 300 queries."""
+  config = common.knn_config("tiny/4")
+  config.model.update({k: v for k, v in tiny_model().items()
+                       if k in config.model})
+  config.data.update(source="digits", split="train", eval_split="test",
+                     num_workers=0, num_threads=2)
+  config.knn.batch_size = 64
   config.update(overrides)
   return config
 

@@ -1,11 +1,13 @@
-"""Models by name: ViT sizes, `build(model_config)` for the MAE and
-`build_classifier(model_config)` for the evaluation protocols; `dalle` holds
+"""Models by name: ViT sizes, `build(model_config)` for the MAE,
+`build_classifier(model_config)` for the evaluation protocols and
+`build_encoder(model_config)` for the k-NN of a frozen encoder; `dalle` holds
 CAE's DALL-E tokenizer."""
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mae_jax import patches
 from mae_jax.models.classifier import ViTClassifier
 from mae_jax.models.dalle import DalleEncoder
 from mae_jax.models.mae import MAE, MAEDecoder, MAEOutput
@@ -62,6 +64,19 @@ def build_classifier(model_config: ml_collections.ConfigDict,
   return ViTClassifier(**fields, axis_name=axis_name)
 
 
+def build_encoder(model_config: ml_collections.ConfigDict) -> VisionEncoder:
+  """The bare encoder described by `model_config` (configs/common.py
+  `encoder_model`): what a classifier holds under 'encoder', without a head.
+  """
+  grid = patches.grid_size(model_config.image_size, model_config.patch_size)
+  return VisionEncoder(
+      model_config.patch_size, model_config.width, model_config.depth,
+      model_config.num_heads, model_config.mlp_dim,
+      model_config.layer_norm_eps, model_config.remat,
+      compute_dtype(model_config.dtype),
+      pos_embed_grid=(grid, grid) if model_config.learned_pos_embed else None)
+
+
 __all__ = ["DalleEncoder", "MAE", "MAEDecoder", "MAEOutput", "VisionEncoder",
            "ViTClassifier", "VIT_SIZES", "build", "build_classifier",
-           "compute_dtype", "encoder_size"]
+           "build_encoder", "compute_dtype", "encoder_size"]
