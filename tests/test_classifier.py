@@ -91,3 +91,14 @@ def test_batch_norm_uses_running_statistics_at_evaluation():
   np.testing.assert_allclose(
       features, (raw - stats["mean"]) / np.sqrt(stats["var"] + 1e-6),
       rtol=1e-4, atol=1e-5)
+
+
+def test_the_encoder_takes_cae_options():
+  config = tiny_classifier_config("finetune").model
+  config.update(layer_scale_init=0.1, key_bias=False, sincos_order="h_first")
+  _, variables = _init(config)
+  encoder = variables["params"]["encoder"]
+  block = encoder["transformer"]["blocks_0"]
+  np.testing.assert_array_equal(block["layer_scale_attn"], np.float32(0.1))
+  np.testing.assert_array_equal(encoder["pos_embed"][0, 1:],
+                                vit.sincos_pos_embed_2d(32, 4, 4, "h_first"))
