@@ -90,6 +90,15 @@ def model_name(model_config) -> str:
           f"/{model_config.patch_size}")
 
 
+def decoder_name(model_config) -> str:
+  """'8x512' (an MAE's decoder: depth x width); a CAE's regressor and
+  decoder have the encoder's width."""
+  if models.method_of(model_config) == "cae":
+    return (f"regressor {model_config.regressor_depth}x{model_config.width}"
+            f" + decoder {model_config.decoder_depth}x{model_config.width}")
+  return f"{model_config.decoder_depth}x{model_config.decoder_width}"
+
+
 def run(config, steps: int, warmup: int, peak_flag: float) -> dict:
   devices = jax.local_devices()
   train.validate_config(config, 1, len(devices))
@@ -141,7 +150,7 @@ def run(config, steps: int, warmup: int, peak_flag: float) -> dict:
   return {
       "impl": "mae_jax",
       "model": model_name(config.model),
-      "decoder": f"{config.model.decoder_depth}x{config.model.decoder_width}",
+      "decoder": decoder_name(config.model),
       "mask_ratio": config.model.mask_ratio,
       "batch": config.batch_size,
       "dtype": jnp.dtype(dtype).name,

@@ -4,8 +4,9 @@
 - fine-tuning: the same AdamW with layer-wise lr decay, optionally with all
   but the last k blocks frozen (partial fine-tuning);
 - linear probe: LARS on the head, the encoder frozen.
-Shared: the linear scaling rule lr = base_lr x batch/256, a per-step linear
-warm-up and half-cycle cosine, optional global-norm clipping.
+Shared: the linear scaling rule lr = base_lr x batch/256 (or none, for
+CAE's recipe), a per-step linear warm-up and half-cycle cosine, optional
+global-norm clipping.
 """
 
 import math
@@ -23,8 +24,19 @@ EMBEDDING_NAMES = ("patch_embed", "cls_token", "pos_embed")
 _BLOCK = re.compile(r"blocks_(\d+)$")
 
 
+LR_SCALINGS = ("linear", "none")
+
+
 def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
-  """The linear scaling rule: lr = base_lr x global batch / 256."""
+  """The peak lr: base_lr x global batch / 256 (the linear scaling rule of
+  the MAE recipes, `lr_scaling='linear'`), or base_lr as it is ('none':
+  CAE's scripts give the lr for their batch of 2048)."""
+  scaling = config.optimizer.get("lr_scaling", "linear")
+  if scaling not in LR_SCALINGS:
+    raise ValueError(f"optimizer.lr_scaling={scaling!r}; use one of "
+                     f"{LR_SCALINGS}")
+  if scaling == "none":
+    return config.optimizer.base_lr
   return config.optimizer.base_lr * config.batch_size / 256
 
 

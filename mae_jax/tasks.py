@@ -2,7 +2,9 @@
 it is evaluated. The train loop (train.py) is the same for all and never
 asks which mode it runs; `make_task` is the one place that does.
 
-- 'pretrain': the MAE and its masked reconstruction loss (MAE paper §3);
+- 'pretrain': the MAE and its masked reconstruction loss (MAE paper §3), or
+  with `model.name='cae'` the context autoencoder and its reconstruction and
+  alignment losses (CAE paper §3);
 - 'linear_probe' and 'finetune': a ViT classifier (MAE paper §4, A.1-A.2)
   whose encoder comes from `config.init_from`.
 
@@ -25,10 +27,15 @@ from mae_jax import evaluators
 from mae_jax import initialization
 from mae_jax import masking
 from mae_jax import models
+from mae_jax import patches
 from mae_jax.data import sources
 from mae_jax.data import transforms
+from mae_jax.models import cae
 
 MODES = ("pretrain", "linear_probe", "finetune")
+# Folded into an example's key for its drop-path keys; the key itself draws
+# the masking.
+_DROP_PATH_STREAM = 1
 
 Batch = dict[str, jnp.ndarray]
 # What `loss` returns besides the loss: the new model state (BatchNorm
@@ -60,6 +67,27 @@ class Task(Protocol):
     """What the loop runs every so often (evaluations, figures)."""
 
 
+def _pretraining_keys(config: ml_collections.ConfigDict, model, rng: jax.Array,
+                      step: jnp.ndarray, batch: Batch):
+  """(masking noise (B, L), drop-path keys (B,) or None) of a pretraining
+  batch, keyed by each example's global index."""
+  keys = masking.example_keys(rng, step, batch["example_id"])
+  grid = patches.grid_size(model.image_size, model.patch_size)
+  noise = masking.make_noise(
+      config.model.masking, keys, (grid, grid),
+      masking.num_kept(grid * grid, config.model.mask_ratio))
+  drop_keys = None
+  if config.model.drop_path_rate > 0:
+    drop_keys = jax.vmap(lambda k: jax.random.fold_in(k, _DROP_PATH_STREAM))(
+        keys)
+  return noise, drop_keys
+
+
+def _check_masking(config: ml_collections.ConfigDict, model):
+  grid = patches.grid_size(model.image_size, model.patch_size)
+  masking.check(config.model.masking, (grid, grid), config.model.mask_ratio)
+
+
 class PretrainTask:
   """MAE pretraining: all parameters trained, no model state."""
 
@@ -69,7 +97,7 @@ class PretrainTask:
 
   def validate(self, micro_batch: int):
     del micro_batch
-    masking.num_kept(self.model.num_patches, self.config.model.mask_ratio)
+    _check_masking(self.config, self.model)
 
   def init_variables(self, rng: jax.Array, load_pretrained: bool
                      ) -> tuple[Any, dict]:
@@ -81,17 +109,72 @@ class PretrainTask:
   def loss(self, params, model_state: dict, batch: Batch, rng: jax.Array,
            step: jnp.ndarray) -> tuple[jnp.ndarray, LossAux]:
     images = transforms.normalize(batch["image"], xp=jnp)
-    keys = masking.example_keys(rng, step, batch["example_id"])
-    noise = masking.masking_noise(keys, self.model.num_patches)
-    loss = self.model.apply({"params": params}, images, noise).loss
+    noise, drop_keys = _pretraining_keys(self.config, self.model, rng, step,
+                                         batch)
+    loss = self.model.apply({"params": params}, images, noise,
+                            drop_keys).loss
     return loss, (model_state, {})
 
   def evaluators(self, devices: Sequence[Any], train_source: sources.Source
                  ) -> list[evaluators.Evaluator]:
     del devices
     return [evaluators.ReconstructionFigures(
-        self.model, train_source, self.config.figure_images,
-        self.config.seed, self.config.figure_every_steps)]
+        self.model, self.config.model.masking, train_source,
+        self.config.figure_images, self.config.seed,
+        self.config.figure_every_steps)]
+
+
+class CAEPretrainTask:
+  """CAE pretraining (CAE paper §3): the encoder, regressor and decoder all
+  trained, no model state; the loss's two terms are logged as
+  train/loss_recon and train/loss_align (the alignment MSE before its
+  weight: train/loss = loss_recon + align_weight x loss_align)."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    self.model = models.build(config.model)
+
+  def validate(self, micro_batch: int):
+    del micro_batch
+    model_config = self.config.model
+    _check_masking(self.config, self.model)
+    if model_config.target not in cae.TARGETS:
+      raise ValueError(f"model.target={model_config.target!r}; use one of "
+                       f"{cae.TARGETS}")
+    if model_config.weight_init not in cae.WEIGHT_INITS:
+      raise ValueError(f"model.weight_init={model_config.weight_init!r}; use "
+                       f"one of {cae.WEIGHT_INITS}")
+    if model_config.align_weight < 0:
+      raise ValueError(f"model.align_weight={model_config.align_weight} must "
+                       "not be negative (0 turns the alignment off)")
+
+  def init_variables(self, rng: jax.Array, load_pretrained: bool
+                     ) -> tuple[Any, dict]:
+    del load_pretrained  # pretraining starts from scratch
+    size = self.model.image_size
+    init_rng, official_rng = jax.random.split(rng)
+    params = jax.jit(self.model.init)(
+        init_rng, jnp.zeros((1, size, size, 3)),
+        jnp.zeros((1, self.model.num_patches)))["params"]
+    return cae.official_init(params, official_rng,
+                             self.config.model.weight_init), {}
+
+  def loss(self, params, model_state: dict, batch: Batch, rng: jax.Array,
+           step: jnp.ndarray) -> tuple[jnp.ndarray, LossAux]:
+    images = transforms.normalize(batch["image"], xp=jnp)
+    noise, drop_keys = _pretraining_keys(self.config, self.model, rng, step,
+                                         batch)
+    out = self.model.apply({"params": params}, images, noise, drop_keys)
+    return out.loss, (model_state, {"loss_recon": out.loss_recon,
+                                    "loss_align": out.loss_align})
+
+  def evaluators(self, devices: Sequence[Any], train_source: sources.Source
+                 ) -> list[evaluators.Evaluator]:
+    del devices
+    return [evaluators.CAEReconstructionFigures(
+        self.model, self.config.model.masking, train_source,
+        self.config.figure_images, self.config.seed,
+        self.config.figure_every_steps)]
 
 
 class ClassificationTask:
@@ -195,6 +278,8 @@ def in_top_k(logits: jnp.ndarray, labels: jnp.ndarray, k: int) -> jnp.ndarray:
 
 
 def make_task(config: ml_collections.ConfigDict, axis_name: str) -> Task:
+  if config.mode == "pretrain" and models.method_of(config.model) == "cae":
+    return CAEPretrainTask(config)
   if config.mode == "pretrain":
     return PretrainTask(config)
   if config.mode in ("linear_probe", "finetune"):
