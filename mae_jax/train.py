@@ -28,6 +28,7 @@ from mae_jax import checkpointing
 from mae_jax import devices as devices_lib
 from mae_jax import durations
 from mae_jax import evaluators as evaluators_lib
+from mae_jax import initialization
 from mae_jax import optim
 from mae_jax import preemption
 from mae_jax import tasks
@@ -298,6 +299,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `devices` restricts the run to some local devices (tests compare 1 and 8).
   """
   devices = list(devices or jax.local_devices())
+  config = initialization.adopt_encoder_options(config)
   validate_config(config, jax.process_count(), len(devices))
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   if config.get("eval_only", False):
