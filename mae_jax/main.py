@@ -18,8 +18,6 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from mae_jax import train
-
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None,
                     "Directory for checkpoints, metrics and figures; the run "
@@ -80,6 +78,10 @@ def initialize_distributed(coordinator_address: str | None,
 
 
 def main(argv):
+  # Imported here rather than at the top: the input pipeline's worker
+  # processes (started by spawn) import this module again, and need none of
+  # the trainer's libraries (TensorFlow alone is ~0.6 GB per worker).
+  from mae_jax import train  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,

@@ -121,7 +121,7 @@ class PretrainTask:
     return [evaluators.ReconstructionFigures(
         self.model, self.config.model.masking, train_source,
         self.config.figure_images, self.config.seed,
-        self.config.figure_every_steps)]
+        self.config.figure_every_steps, self.config.data.corrupt_images)]
 
 
 class CAEPretrainTask:
@@ -174,7 +174,7 @@ class CAEPretrainTask:
     return [evaluators.CAEReconstructionFigures(
         self.model, self.config.model.masking, train_source,
         self.config.figure_images, self.config.seed,
-        self.config.figure_every_steps)]
+        self.config.figure_every_steps, self.config.data.corrupt_images)]
 
 
 class ClassificationTask:

@@ -391,8 +391,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         checkpointer.check_for_errors()  # a failed async save stops the run
         scalars = _summary(train_metrics, step - interval_first_step,
                            config.batch_size, time.time() - interval_start)
-        if batches.skipped_images:
-          scalars["data/skipped_images"] = batches.skipped_images
+        # A collective: every process calls it at every log step.
+        skipped = devices_lib.summed_over_processes(batches.skipped_images)
+        if skipped:
+          scalars["data/skipped_images"] = skipped
         writer.write_scalars(step, scalars)
         train_metrics = None
         interval_start, interval_first_step = time.time(), step

@@ -223,6 +223,7 @@ def test_linear_probe_configs_hold_the_paper_recipe(config_file):
   assert (config.total_steps, config.warmup_steps) == (0, 0)
   assert (config.eval_every_epochs, config.eval_every_steps) == (1, 0)
   assert tuple(config.data.crop_scale) == (0.08, 1.0)
+  assert config.data.crop_sampler == "clamped"  # the reference's util/crop.py
   assert config.data.rand_augment_num_ops == 0
   augment = config.augment
   assert (augment.mixup_alpha, augment.cutmix_alpha, augment.label_smoothing,

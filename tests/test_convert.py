@@ -1,17 +1,22 @@
 """Import/export of official MAE and HuggingFace ViTMAE weights, and numerical
-parity with the PyTorch models (the acceptance test of issue 4).
+parity with the PyTorch models (the acceptance test of issue 4); reading
+DALL-E's pickled encoder (issue 9; its parity is in test_dalle.py); the
+command line.
 
-The parity tests need torch and transformers (requirements-test.txt) and are
-skipped, saying so, without them; the rest needs neither.
+The parity tests need torch and transformers (requirements-test.txt), the
+DALL-E tests torch and the DALL-E package: without them they are skipped,
+saying so, or fail in CI (tests/testing_utils.py's require_modules); the rest
+needs none of these.
 """
 
 import argparse
 import functools
-import importlib.util
 import json
+import os
 import sys
 
 import chex
+import flax
 import jax
 import ml_collections
 import numpy as np
@@ -25,12 +30,9 @@ from mae_jax import convert
 from mae_jax import initialization
 from mae_jax import masking
 from mae_jax import models
+from mae_jax.models import dalle
 
-HAVE_TORCH = all(importlib.util.find_spec(name) is not None
-                 for name in ("torch", "transformers"))
-needs_torch = pytest.mark.skipif(
-    not HAVE_TORCH, reason="the parity tests need torch and transformers: "
-    "pip install -r requirements-test.txt")
+needs_torch = pytest.mark.needs_modules("torch", "transformers")
 
 # Deliberately not square-number friendly: a 6x6 grid, 9 visible patches,
 # an MLP that is not 4x the width, heads of 24 and 16 channels.
@@ -727,3 +729,137 @@ def test_a_converted_cae_encoder_is_what_init_from_takes(tmp_path):
   loaded = initialization.load_pretrained_encoder(str(tmp_path / "ours"),
                                                   fresh, model)
   chex.assert_trees_all_equal(loaded["encoder"], params["encoder"])
+
+
+# ---------------------------------------- refusing a destination in use
+
+
+def test_cli_refuses_a_destination_that_holds_a_checkpoint(tmp_path, capsys):
+  first, second = tmp_path / "first", tmp_path / "second"
+  params = _random_params()
+  other = jax.tree.map(lambda x: x + 1, params)
+  convert.save_hf_vitmae(_small_config(), params, str(first))
+  convert.save_hf_vitmae(_small_config(), other, str(second))
+  dst = tmp_path / "ours"
+  convert.main([f"--src={first}", f"--dst={dst}"])
+  with pytest.raises(SystemExit) as exit_info:
+    convert.main([f"--src={second}", f"--dst={dst}"])
+  assert exit_info.value.code == 2
+  assert "is not empty; give a new directory, or --overwrite" in (
+      capsys.readouterr().err)
+  chex.assert_trees_all_equal(checkpointing.load_params(str(dst))[1], params)
+  convert.main([f"--src={second}", f"--dst={dst}", "--overwrite"])
+  chex.assert_trees_all_equal(checkpointing.load_params(str(dst))[1], other)
+
+
+def test_cli_refuses_a_file_as_destination(tmp_path, capsys):
+  (tmp_path / "file").write_text("")
+  with pytest.raises(SystemExit):
+    convert.main([f"--src={tmp_path}", f"--dst={tmp_path / 'file'}",
+                  "--overwrite"])
+  assert "is a file; give a directory" in capsys.readouterr().err
+
+
+# ----------------------------------------- the DALL-E tokenizer (issue 9)
+
+needs_dalle = pytest.mark.needs_modules("torch", "dall_e")
+SMALL_DALLE = dict(hidden_width=64, blocks_per_group=1, vocab_size=512)
+
+
+@needs_dalle
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_pickled_dalle_encoder_converts_through_the_cli(tmp_path, capsys,
+                                                        zip_format):
+  import torch  # pylint: disable=g-import-not-at-top
+  from dall_e import encoder  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  model = encoder.Encoder(n_hid=64, n_blk_per_group=2, vocab_size=512)
+  # As the release was written: the whole module, pickled.
+  torch.save(model, tmp_path / "encoder.pkl",
+             _use_new_zipfile_serialization=zip_format)
+  convert.main([f"--src={tmp_path / 'encoder.pkl'}",
+                f"--dst={tmp_path / 'tokenizer'}"])
+  assert "mode=dalle_tokenizer" in capsys.readouterr().out
+  stored_config, _ = checkpointing.load_params(str(tmp_path / "tokenizer"))
+  assert dict(stored_config.model) == dict(
+      hidden_width=64, blocks_per_group=2, vocab_size=512)
+  params = dalle.load_tokenizer(str(tmp_path / "tokenizer"))
+  state = {k: v.numpy() for k, v in model.state_dict().items()}
+  ours = flax.traverse_util.flatten_dict(params, sep="/")
+  assert len(ours) == len(state) == 2 * (1 + 4 * 2 * 4 + 3 + 1)
+  np.testing.assert_array_equal(
+      ours["group_2/block_1/id_path/kernel"],
+      state["blocks.group_2.block_1.id_path.w"].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(
+      ours["group_4/block_2/conv_3/bias"],
+      state["blocks.group_4.block_2.res_path.conv_3.b"])
+  np.testing.assert_array_equal(
+      ours["output/kernel"][0, 0], state["blocks.output.conv.w"][:, :, 0, 0].T)
+  # A state dict, saved alone, is read the same.
+  torch.save(model.state_dict(), tmp_path / "state.pkl")
+  chex.assert_trees_all_equal(
+      convert.load(str(tmp_path / "state.pkl"))[1], params)
+
+
+@needs_dalle
+def test_other_pickles_are_named_and_never_run(tmp_path):
+  import torch  # pylint: disable=g-import-not-at-top
+  from dall_e import decoder  # pylint: disable=g-import-not-at-top
+  torch.save(decoder.Decoder(n_hid=64, n_blk_per_group=1, vocab_size=512),
+             tmp_path / "decoder.pkl")
+  with pytest.raises(ValueError, match="holds a pickled "
+                     r"dall_e.decoder.Decoder, not a DALL-E encoder \(dall_e."
+                     "encoder.Encoder\\): use encoder.pkl"):
+    convert.load(str(tmp_path / "decoder.pkl"))
+
+  marker = tmp_path / "ran"
+
+  class Payload:
+    def __reduce__(self):
+      return (os.mkdir, (str(marker),))
+
+  torch.save({"blocks.input.w": torch.zeros(1), "x": Payload()},
+             tmp_path / "payload.pkl")
+  with pytest.raises(ValueError, match=r"payload.pkl pickles (posix|os)\.mkdir, "
+                     "which a DALL-E encoder does not need"):
+    convert.load(str(tmp_path / "payload.pkl"))
+  assert not marker.exists()
+
+  torch.save({"cls_token": torch.zeros(1, 1, 8)}, tmp_path / "mae.pkl")
+  with pytest.raises(ValueError, match="has no 'blocks.input.w': not a DALL-E "
+                     r"encoder \(its tensors \(1\): cls_token\)"):
+    convert.load(str(tmp_path / "mae.pkl"))
+
+
+@needs_torch
+def test_a_file_that_torch_cannot_read_is_named(tmp_path):
+  (tmp_path / "encoder.pkl").write_text("<html>403 Forbidden</html>")
+  with pytest.raises(ValueError, match="encoder.pkl cannot be read as a file "
+                     "of torch.save"):
+    convert.load(str(tmp_path / "encoder.pkl"))
+
+
+def test_dalle_encoder_without_torch_asks_for_it(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "torch", None)
+  (tmp_path / "encoder.pkl").write_bytes(b"not read")
+  with pytest.raises(ImportError, match="needs torch: pip install torch"):
+    convert.load(str(tmp_path / "encoder.pkl"))
+
+
+def test_dalle_encoder_refuses_mae_options_and_hf_export(tmp_path, capsys):
+  path = tmp_path / "encoder.pkl"
+  path.write_bytes(b"not read")
+  with pytest.raises(ValueError, match="drop --model and --norm_pix_loss"):
+    convert.load(str(path), "base/16")
+  config = dalle.encoder_config(**SMALL_DALLE)
+  rng = np.random.RandomState(0)
+  params = flax.traverse_util.unflatten_dict(
+      {k: rng.randn(*shape).astype(np.float32) for k, shape in
+       dalle.expected_shapes(**SMALL_DALLE).items()}, sep="/")
+  checkpointing.save_params(str(tmp_path / "tokenizer"), config, params)
+  with pytest.raises(SystemExit):
+    convert.main([f"--src={tmp_path / 'tokenizer'}",
+                  f"--dst={tmp_path / 'hf'}", "--format=hf"])
+  assert "is the DALL-E tokenizer; --format=hf writes ViTMAE models only" in (
+      capsys.readouterr().err)
+

@@ -139,8 +139,9 @@ def test_resize_pos_embed_to_the_same_grid_is_the_identity():
                              table, atol=1e-12)
 
 
+@pytest.mark.needs_modules("torch")
 def test_resize_pos_embed_matches_torch_bicubic():
-  torch = pytest.importorskip("torch", reason="torch is a test-only extra")
+  import torch  # pylint: disable=g-import-not-at-top
   table = np.random.default_rng(2).normal(size=(1, 1 + 49, 6)).astype(
       np.float32)
   grid = torch.from_numpy(table[0, 1:]).reshape(1, 7, 7, 6).permute(0, 3, 1, 2)

@@ -22,6 +22,7 @@ from mae_jax import train
 from mae_jax.data import sources
 from mae_jax.data import transforms
 from mae_jax.models import vit
+import image_files
 from testing_utils import (assert_same_trajectory, tiny_cae_config,
                            tiny_classifier_config, tiny_config, tiny_model)
 
@@ -183,6 +184,26 @@ def test_without_mixup_any_per_device_batch_trains(tmp_path):
   train.validate_config(config, 1, 8)
   state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 1
+
+
+def test_evaluation_leaves_out_and_reports_unreadable_images(tmp_path):
+  image_files.folder_with_corrupt_image(tmp_path / "data")
+  config = tiny_classifier_config("finetune", batch_size=8)
+  config.data.update(source="folder", data_dir=str(tmp_path / "data"),
+                     eval_split="train", corrupt_images="skip")
+  config.model.num_classes = 2
+  task = tasks.make_task(config, train.AXIS)
+  state = train.create_train_state(task, config, jax.random.key(0),
+                                   lambda _: 0.0, load_init_from=False)
+  devices = jax.local_devices()
+  scalars = evaluators.TopKAccuracy(task, config, devices)(
+      devices_lib.replicate(state, devices)).scalars
+  assert scalars["eval/skipped_images"] == 1
+  assert scalars["eval/top5"] == 100.0  # 2 classes: every readable one
+  config.data.corrupt_images = "fail"
+  with pytest.raises(ValueError, match="broken.jpg.*corrupt_images=skip"):
+    evaluators.TopKAccuracy(task, config, devices)(
+        devices_lib.replicate(state, devices))
 
 
 def test_cae_pretraining_logs_both_loss_terms_and_draws_its_figures(

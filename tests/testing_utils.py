@@ -1,13 +1,44 @@
 """Small configs and comparisons shared by the tests."""
 
+import importlib
+import os
+
 import chex
 import flax
 import jax
 import ml_collections
 import numpy as np
+import pytest
 
 from configs import common
 from mae_jax import optim
+
+# Set by .ci/run: a test whose optional dependency is missing fails instead of
+# skipping, so that CI cannot pass without running the parity tests.
+REQUIRE_TEST_EXTRAS = "MAE_JAX_REQUIRE_TEST_EXTRAS"
+
+
+def require_modules(*names: str) -> None:
+  """Imports `names` (test-only extras such as torch), or skips the running
+  test, saying which are missing; fails instead when REQUIRE_TEST_EXTRAS=1.
+
+  Tests declare what they need with `@pytest.mark.needs_modules(*names)`;
+  conftest.py calls this before the test and its fixtures run.
+  """
+  missing = []
+  for name in names:
+    try:
+      importlib.import_module(name)
+    except ImportError as e:
+      missing.append(f"{name} ({e})")
+  if not missing:
+    return
+  message = (f"needs {', '.join(missing)}: "
+             "pip install -r requirements-test.txt")
+  if os.environ.get(REQUIRE_TEST_EXTRAS) == "1":
+    pytest.fail(f"{message} ({REQUIRE_TEST_EXTRAS}=1 forbids skipping)",
+                pytrace=False)
+  pytest.skip(message)
 
 
 def tiny_model(**overrides) -> ml_collections.ConfigDict:
@@ -24,7 +55,7 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
   config = common.pretrain_config("tiny/4")
   config.model = tiny_model()
   config.data.update(source="digits", split="train", crop_scale=(0.5, 1.0),
-                     num_workers=2)
+                     num_workers=0, num_threads=2)
   config.batch_size = 16
   common.in_steps(config, total=6, warmup=2)
   config.optimizer.base_lr = 1e-3
@@ -61,7 +92,7 @@ def tiny_classifier_config(mode: str = "finetune", **overrides
              if k in config.model and k != "patch_size"}
   config.model.update(encoder, num_classes=10)
   config.data.update(source="digits", split="train", eval_split="test",
-                     crop_scale=(0.5, 1.0), num_workers=2,
+                     crop_scale=(0.5, 1.0), num_workers=0, num_threads=2,
                      rand_augment_num_ops=0)
   config.augment.mix_group_size = 2  # 2 examples per device on 8 devices
   config.batch_size = 16

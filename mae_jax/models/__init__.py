@@ -1,6 +1,7 @@
 """Models by name: ViT sizes, `build(model_config)` for the pretraining
 model (MAE or CAE, by `model_config.name`) and
-`build_classifier(model_config)` for the evaluation protocols."""
+`build_classifier(model_config)` for the evaluation protocols; `dalle` holds
+CAE's DALL-E tokenizer."""
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +9,7 @@ import ml_collections
 
 from mae_jax.models.cae import CAE, CAEOutput
 from mae_jax.models.classifier import ViTClassifier
+from mae_jax.models.dalle import DalleEncoder
 from mae_jax.models.mae import MAE, MAEDecoder, MAEOutput
 from mae_jax.models.vit import VisionEncoder
 
@@ -76,6 +78,7 @@ def build_classifier(model_config: ml_collections.ConfigDict,
   return ViTClassifier(**fields, axis_name=axis_name)
 
 
-__all__ = ["CAE", "CAEOutput", "MAE", "MAEDecoder", "MAEOutput",
-           "VisionEncoder", "ViTClassifier", "VIT_SIZES", "build",
-           "build_classifier", "compute_dtype", "encoder_size", "method_of"]
+__all__ = ["CAE", "CAEOutput", "DalleEncoder", "MAE", "MAEDecoder",
+           "MAEOutput", "VisionEncoder", "ViTClassifier", "VIT_SIZES",
+           "build", "build_classifier", "compute_dtype", "encoder_size",
+           "method_of"]
