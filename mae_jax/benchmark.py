@@ -120,13 +120,18 @@ def run(config, steps: int, warmup: int, peak_flag: float) -> dict:
   per_device = config.batch_size // len(devices)
   size = config.model.image_size
   rng = np.random.default_rng(0)
-  batch = devices_lib.shard({
+  batch = {
       "image": rng.integers(0, 256, (len(devices), per_device, size, size, 3),
                             dtype=np.uint8),
       "label": np.zeros((len(devices), per_device), np.int32),
       "example_id": np.arange(config.batch_size, dtype=np.int32).reshape(
           len(devices), per_device),
-  }, devices)
+  }
+  second = config.data.get("second_view_size", 0)
+  if second:  # CAE's DALL-E tokenizer reads it, inside the step
+    batch["second_view"] = rng.integers(
+        0, 256, (len(devices), per_device, second, second, 3), dtype=np.uint8)
+  batch = devices_lib.shard(batch, devices)
   state = devices_lib.replicate(state, devices)
   step_rng = devices_lib.replicate(jax.random.key(1), devices)
 

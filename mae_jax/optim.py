@@ -1,4 +1,5 @@
-"""The optimizers of the MAE recipes (SPEC §2), chosen by config.
+"""The optimizers of the MAE and CAE recipes (MAE A.1-A.2, CAE §5.2), chosen
+by config.
 
 - pretraining: AdamW, weight decay on weight matrices only;
 - fine-tuning: the same AdamW with layer-wise lr decay, optionally with all

@@ -31,6 +31,7 @@ from mae_jax import patches
 from mae_jax.data import sources
 from mae_jax.data import transforms
 from mae_jax.models import cae
+from mae_jax.models import dalle
 
 MODES = ("pretrain", "linear_probe", "finetune")
 # Folded into an example's key for its drop-path keys; the key itself draws
@@ -126,9 +127,16 @@ class PretrainTask:
 
 class CAEPretrainTask:
   """CAE pretraining (CAE paper §3): the encoder, regressor and decoder all
-  trained, no model state; the loss's two terms are logged as
-  train/loss_recon and train/loss_align (the alignment MSE before its
-  weight: train/loss = loss_recon + align_weight x loss_align)."""
+  trained; the loss's two terms are logged as train/loss_recon and
+  train/loss_align (the alignment MSE before its weight: train/loss =
+  loss_recon + align_weight x loss_align).
+
+  With target='dalle' the DALL-E tokenizer's parameters are the model state
+  {'tokenizer': ...}: an argument of the compiled step, not a constant
+  compiled into it (pmap embeds closed-over arrays in the program), never
+  differentiated, and saved with each checkpoint, so that a run resumes
+  with the tokenizer it started with.
+  """
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
@@ -147,30 +155,78 @@ class CAEPretrainTask:
     if model_config.align_weight < 0:
       raise ValueError(f"model.align_weight={model_config.align_weight} must "
                        "not be negative (0 turns the alignment off)")
+    second_view = self.config.data.second_view_size
+    if model_config.target == "pixels":
+      if second_view:
+        raise ValueError(
+            f"data.second_view_size={second_view} makes a second view that "
+            "target='pixels' does not use; set --config.data."
+            "second_view_size=0")
+      return
+    if not model_config.tokenizer_path:
+      raise ValueError(
+          "target='dalle' needs the DALL-E tokenizer: "
+          f"{dalle.CONVERT_HINT} (--config.model.tokenizer_path=DIR); or "
+          "predict pixels: --config.model.target=pixels "
+          "--config.data.second_view_size=0")
+    wanted = self.model.grid * dalle.DOWNSAMPLING
+    if second_view != wanted:
+      raise ValueError(
+          f"data.second_view_size={second_view}: the DALL-E tokenizer gives "
+          f"one code per {dalle.DOWNSAMPLING}x{dalle.DOWNSAMPLING} pixels of "
+          f"the second view, and the {self.model.grid}x{self.model.grid} "
+          f"patches need one code each; set --config.data.second_view_size="
+          f"{wanted}")
 
   def init_variables(self, rng: jax.Array, load_pretrained: bool
                      ) -> tuple[Any, dict]:
-    del load_pretrained  # pretraining starts from scratch
+    """With target='dalle' and `load_pretrained`, the model state holds the
+    tokenizer of `model.tokenizer_path`; without (a resumed run, which
+    restores it, or a benchmark) a randomly initialised one."""
     size = self.model.image_size
-    init_rng, official_rng = jax.random.split(rng)
-    params = jax.jit(self.model.init)(
-        init_rng, jnp.zeros((1, size, size, 3)),
-        jnp.zeros((1, self.model.num_patches)))["params"]
-    return cae.official_init(params, official_rng,
-                             self.config.model.weight_init), {}
+    init_rng, official_rng, tokenizer_rng = jax.random.split(rng, 3)
+    images = jnp.zeros((1, size, size, 3))
+    noise = jnp.zeros((1, self.model.num_patches))
+    codes = jnp.zeros((1, self.model.num_patches), jnp.int32)
+    params = jax.jit(self.model.init)(init_rng, images, noise,
+                                      token_targets=codes)["params"]
+    params = cae.official_init(params, official_rng,
+                               self.config.model.weight_init)
+    if self.config.model.target != "dalle":
+      return params, {}
+    if load_pretrained:
+      tokenizer = dalle.load_tokenizer(self.config.model.tokenizer_path)
+    else:
+      tokenizer = jax.jit(dalle.DalleEncoder().init)(
+          tokenizer_rng, jnp.zeros((1, dalle.DOWNSAMPLING,
+                                    dalle.DOWNSAMPLING, 3)))["params"]
+    vocab = tokenizer["output"]["kernel"].shape[-1]
+    if vocab != cae.DALLE_VOCAB_SIZE:
+      raise ValueError(
+          f"the tokenizer at {self.config.model.tokenizer_path} has {vocab} "
+          f"codes; CAE's decoder predicts {cae.DALLE_VOCAB_SIZE} (the "
+          "released DALL-E encoder's)")
+    return params, {"tokenizer": tokenizer}
 
   def loss(self, params, model_state: dict, batch: Batch, rng: jax.Array,
            step: jnp.ndarray) -> tuple[jnp.ndarray, LossAux]:
     images = transforms.normalize(batch["image"], xp=jnp)
     noise, drop_keys = _pretraining_keys(self.config, self.model, rng, step,
                                          batch)
-    out = self.model.apply({"params": params}, images, noise, drop_keys)
+    codes = None
+    if self.config.model.target == "dalle":
+      codes = dalle.dalle_codes(model_state["tokenizer"], batch["second_view"])
+    out = self.model.apply({"params": params}, images, noise, drop_keys,
+                           token_targets=codes)
     return out.loss, (model_state, {"loss_recon": out.loss_recon,
                                     "loss_align": out.loss_align})
 
   def evaluators(self, devices: Sequence[Any], train_source: sources.Source
                  ) -> list[evaluators.Evaluator]:
+    """Figures of pixel predictions; none for DALL-E tokens."""
     del devices
+    if self.config.model.target != "pixels":
+      return []
     return [evaluators.CAEReconstructionFigures(
         self.model, self.config.model.masking, train_source,
         self.config.figure_images, self.config.seed,

@@ -34,6 +34,10 @@ CLASSIFICATION_CONFIGS = (("demo_linear_probe.py", "demo_finetune.py")
 ALL_CONFIGS = PRETRAIN_CONFIGS + CLASSIFICATION_CONFIGS
 
 
+# What the paper's CAE recipes need besides the file: the tokenizer.
+TOKENIZER = "--config.model.tokenizer_path=/converted/dalle"
+
+
 def _load(config_file, *overrides):
   """Parses a command line the way mae_jax/main.py does (locked config)."""
   argv = ["main", f"--config={os.path.join(CONFIG_DIR, config_file)}",
@@ -54,7 +58,8 @@ def test_every_config_file_is_tested():
 
 @pytest.mark.parametrize("config_file", ALL_CONFIGS)
 def test_config_file_loads_locked_and_valid(config_file):
-  config = _load(config_file)
+  config = _load(config_file, *(
+      [TOKENIZER] if config_file in CAE_IMAGENET_CONFIGS else []))
   assert config.is_locked
   expected_mode = next(mode for mode in ("linear_probe", "finetune")
                        if mode in config_file) if (
@@ -172,10 +177,9 @@ def test_cae_config_of_another_length_is_a_clear_error():
     ("cae_vit_base_pretrain.py", 86e6), ("cae_vit_large_pretrain.py", 304e6)])
 def test_cae_recipes_initialise_and_step_in_shapes_only(config_file,
                                                         encoder_params):
-  """The real models, traced (`jax.eval_shape`), never computed."""
-  config = durations.resolve(_load(config_file, "--config.model.target=pixels",
-                                   "--config.data.second_view_size=0"),
-                             1_281_167)
+  """The real models and tokenizer, traced (`jax.eval_shape`), never
+  computed."""
+  config = durations.resolve(_load(config_file, TOKENIZER), 1_281_167)
   task = tasks.make_task(config, train.AXIS)
   schedule = optim.make_schedule(config)
   state = jax.eval_shape(lambda rng: train.create_train_state(
@@ -187,7 +191,10 @@ def test_cae_recipes_initialise_and_step_in_shapes_only(config_file,
   batch = {"image": jax.ShapeDtypeStruct((1, per_device, 224, 224, 3),
                                          jnp.uint8),
            "label": jax.ShapeDtypeStruct((1, per_device), jnp.int32),
-           "example_id": jax.ShapeDtypeStruct((1, per_device), jnp.int32)}
+           "example_id": jax.ShapeDtypeStruct((1, per_device), jnp.int32),
+           "second_view": jax.ShapeDtypeStruct((1, per_device, 112, 112, 3),
+                                               jnp.uint8)}
+  assert set(state.model_state) == {"tokenizer"}
   step = jax.vmap(functools.partial(train.train_step, task=task,
                                     schedule=schedule, grad_accum_steps=1),
                   in_axes=(None, 0, None), axis_name=train.AXIS)

@@ -6,6 +6,7 @@ import functools
 import json
 import os
 
+import chex
 import flax
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,7 @@ from mae_jax import tasks
 from mae_jax import train
 from mae_jax.data import sources
 from mae_jax.data import transforms
+from mae_jax.models import dalle
 from mae_jax.models import vit
 import image_files
 from testing_utils import (assert_same_trajectory, tiny_cae_config,
@@ -298,3 +300,53 @@ def test_a_cae_encoder_is_a_drop_in_for_the_classifiers(tmp_path):
   # adopted options, which the workdir's config check accepts.
   again = train.train_and_evaluate(config, workdir)
   assert int(again.step) == 2
+
+
+def _tiny_tokenizer(path):
+  """A DALL-E encoder of the released vocabulary but tiny widths, written
+  as `python -m mae_jax.convert --src=encoder.pkl` writes one."""
+  params = dalle.DalleEncoder(hidden_width=8, blocks_per_group=1).init(
+      jax.random.key(9), jnp.zeros((1, 8, 8, 3)))["params"]
+  checkpointing.save_params(str(path), dalle.encoder_config(
+      hidden_width=8, blocks_per_group=1), jax.device_get(params))
+  return jax.device_get(params)
+
+
+def _dalle_config(tokenizer_path, **overrides):
+  config = tiny_cae_config(total_steps=2, log_every_steps=1, **overrides)
+  config.model.update(target="dalle", tokenizer_path=str(tokenizer_path))
+  config.data.second_view_size = 48  # 8 pixels per code, 6x6 patches
+  return config
+
+
+def test_cae_predicts_the_dalle_tokens_of_the_second_view(tmp_path):
+  tokenizer = _tiny_tokenizer(tmp_path / "dalle")
+  config = _dalle_config(tmp_path / "dalle")
+  assert train.train_and_evaluate(config, str(tmp_path / "run")) is not None
+  first = _read_metrics(str(tmp_path / "run"))[0]
+  # Cross-entropy over 8192 codes starts near log(8192) = 9.0.
+  assert 7 < first["train/loss_recon"] < 11
+  # The tokenizer rides in the checkpoints, unchanged by training.
+  _, variables = checkpointing.load_variables(str(tmp_path / "run"))
+  chex.assert_trees_all_equal(variables["model_state"]["tokenizer"],
+                              tokenizer)
+
+
+def test_cae_dalle_target_errors_say_what_to_do(tmp_path):
+  config = _dalle_config("")
+  with pytest.raises(ValueError, match="python -m mae_jax.convert "
+                     "--src=encoder.pkl.*tokenizer_path=DIR"):
+    train.validate_config(config, 1, 8)
+  config = _dalle_config(tmp_path / "nowhere")
+  config.data.second_view_size = 112
+  with pytest.raises(ValueError, match="6x6 patches need one code each; set "
+                     "--config.data.second_view_size=48"):
+    train.validate_config(config, 1, 8)
+  config.data.second_view_size = 48
+  with pytest.raises(FileNotFoundError, match="no DALL-E tokenizer at .*"
+                     "python -m mae_jax.convert"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  config = tiny_cae_config()
+  config.data.second_view_size = 48
+  with pytest.raises(ValueError, match="target='pixels' does not use"):
+    train.validate_config(config, 1, 8)

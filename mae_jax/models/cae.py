@@ -36,12 +36,13 @@ import optax
 from mae_jax import losses
 from mae_jax import masking
 from mae_jax import patches
+from mae_jax.models import dalle
 from mae_jax.models import vit
 
 Dtype = Any
 TARGETS = ("pixels", "dalle")
 # The released DALL-E dVAE's codebook: the decoder's classes for 'dalle'.
-DALLE_VOCAB_SIZE = 8192
+DALLE_VOCAB_SIZE = dalle.DalleEncoder.vocab_size
 # 'xavier': the official default (xavier-uniform linear layers, truncated
 # normal patch embedding and tokens); 'beit': BEiT's init, the official
 # `--fix_init_weight` (truncated normal everywhere, each block's output
