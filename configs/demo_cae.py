@@ -1,11 +1,13 @@
 """The offline CAE demo: a tiny CAE on scikit-learn's digits with pixel
 targets, minutes on a CPU.
 
-  python -m mae_jax.main --config=configs/demo_cae.py --workdir=workdirs/demo_cae
+  python -m mae_jax.main --config=configs/demo_cae.py \
+      --workdir=workdirs/demo_cae
 
 Its encoder has the MAE demo's sizes, so the demo's classifiers take it:
   python -m mae_jax.main --config=configs/demo_linear_probe.py \
-      --workdir=workdirs/demo_cae_linear_probe --config.init_from=workdirs/demo_cae
+      --workdir=workdirs/demo_cae_linear_probe \
+      --config.init_from=workdirs/demo_cae
 (they adopt its layer scale, q/v biases and sin-cos order from the
 checkpoint). The ablation without alignment: --config.model.align_weight=0.
 """

@@ -4,11 +4,11 @@ The encoder's options (layer scale, key bias, sin-cos order: models/vit.py)
 are taken from the checkpoint's config first (`adopt_encoder_options`), so
 that a CAE encoder drops into the MAE recipes' classifiers. Then the
 encoder's parameters are copied by name, the decoder (and a CAE's regressor)
-is dropped, the head stays freshly initialised. At another resolution than the pretraining's,
-the fixed sin-cos position table is simply generated for the new grid; a
-learned position embedding in the checkpoint (a fine-tuned model's) is
-resized bicubically on the grid, the cls row kept, as the reference's
-`interpolate_pos_embed` does.
+is dropped, the head stays freshly initialised. At another resolution than
+the pretraining's, the fixed sin-cos position table is simply generated for
+the new grid; a learned position embedding in the checkpoint (a fine-tuned
+model's) is resized bicubically on the grid, the cls row kept, as the
+reference's `interpolate_pos_embed` does.
 """
 
 from absl import logging

@@ -182,7 +182,8 @@ class CAEPretrainTask:
                      ) -> tuple[Any, dict]:
     """With target='dalle' and `load_pretrained`, the model state holds the
     tokenizer of `model.tokenizer_path`; without (a resumed run, which
-    restores it, or a benchmark) a randomly initialised one."""
+    restores its own, or a benchmark) a randomly initialised one of the
+    released encoder's sizes."""
     size = self.model.image_size
     init_rng, official_rng, tokenizer_rng = jax.random.split(rng, 3)
     images = jnp.zeros((1, size, size, 3))

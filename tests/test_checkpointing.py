@@ -15,8 +15,8 @@ import pytest
 from mae_jax import checkpointing
 from mae_jax import train
 from mae_jax import writers
-from testing_utils import (assert_same_trajectory, tiny_cae_config, tiny_config,
-                           tiny_model)
+from testing_utils import (assert_same_trajectory, tiny_cae_config,
+                           tiny_config, tiny_model)
 
 
 def test_round_trip_restores_values_and_config(tmp_path):

@@ -273,8 +273,8 @@ class CAE(nn.Module):
     len_keep = masking.num_kept(tokens.shape[1], self.mask_ratio)
     ids_shuffle, mask, _ = masking.shuffle(noise, len_keep)
     ids_keep, ids_masked = ids_shuffle[:, :len_keep], ids_shuffle[:, len_keep:]
-    return (masking.gather(tokens, ids_keep), masking.gather(tokens, ids_masked),
-            ids_keep, ids_masked, mask)
+    return (masking.gather(tokens, ids_keep),
+            masking.gather(tokens, ids_masked), ids_keep, ids_masked, mask)
 
   def encode(self, tokens: jnp.ndarray, drop_keys: jax.Array | None = None
              ) -> jnp.ndarray:
