@@ -9,11 +9,28 @@ import ml_collections
 from mae_jax import models
 
 
+def encoder_options(**overrides) -> dict:
+  """The CAE/BEiT options of the ViT encoder (models/vit.py), off: MAE's."""
+  options = dict(
+      layer_scale_init=0.0,  # 0 = no layer scale
+      key_bias=True,  # False: q and v biases only
+      sincos_order="w_first",  # 'h_first': CAE's sin-cos table
+  )
+  options.update(overrides)
+  return options
+
+
 def mae_model(name: str, **overrides) -> ml_collections.ConfigDict:
-  """The MAE model config for 'base/16' etc. (SPEC §1)."""
+  """The MAE model config for 'base/16' etc. (MAE §3)."""
   model = dict(
+      name="mae",
       image_size=224,
       **models.encoder_size(name),
+      **encoder_options(),
+      drop_path_rate=0.0,
+      # 'random' (MAE's), 'block' (BEiT's) or 'grid' (MAE Table 1f; only
+      # with mask_ratio=0.75): mae_jax/masking.py.
+      masking="random",
       decoder_width=512,
       decoder_depth=8,
       decoder_num_heads=16,
@@ -38,6 +55,9 @@ def encoder_model(name: str, **overrides) -> ml_collections.ConfigDict:
   model = dict(
       image_size=224,
       **models.encoder_size(name),
+      # Taken from the checkpoint of --config.init_from when it has them
+      # (mae_jax/initialization.py).
+      **encoder_options(),
       # A learned position embedding, initialised to the sin-cos table:
       # fine-tuning learns it, as the reference does, and a fine-tuned
       # init_from has one. False keeps the fixed table.
@@ -152,8 +172,46 @@ def _logging(config: ml_collections.ConfigDict):
   config.resume_step = 0
 
 
+def cae_model(name: str, **overrides) -> ml_collections.ConfigDict:
+  """The CAE model config for 'base/16' etc. (CAE §3 and Atten4Vis/CAE's
+  scripts/cae_*.sh): the BEiT-style encoder with layer scale 0.1 (1e-5 for
+  ViT-L), a 4-block regressor and a 4-block decoder of the encoder's width
+  and heads, 98 of 196 patches masked in blocks, alignment weight 2."""
+  sizes = models.encoder_size(name)
+  layer_scale = 1e-5 if name.startswith("large/") else 0.1
+  model = dict(
+      name="cae",
+      image_size=224,
+      **sizes,
+      **encoder_options(layer_scale_init=layer_scale, key_bias=False,
+                        sincos_order="h_first"),
+      drop_path_rate=0.1,
+      masking="block",
+      mask_ratio=0.5,
+      regressor_depth=4,
+      decoder_depth=4,
+      decoder_num_heads=sizes["num_heads"],
+      decoder_layer_scale_init=layer_scale,
+      # 'dalle': the paper's DALL-E tokens of the second view (needs
+      # tokenizer_path and data.second_view_size); 'pixels': the masked
+      # patches' pixels, MSE (normalised per patch with norm_pix_loss).
+      target="dalle",
+      tokenizer_path="",  # `python -m mae_jax.convert --src=encoder.pkl`
+      norm_pix_loss=True,
+      align_weight=2.0,
+      # 'xavier' (the official default) or 'beit' (--fix_init_weight).
+      weight_init="xavier",
+      layer_norm_eps=1e-6,
+      dtype="auto",
+      remat=False,
+  )
+  model.update(overrides)
+  return ml_collections.ConfigDict(model)
+
+
 def pretrain_config(model_name: str) -> ml_collections.ConfigDict:
-  """The official ImageNet-1k MAE pretraining recipe (SPEC §2, 800 epochs)."""
+  """The official ImageNet-1k MAE pretraining recipe (MAE §4, A.1;
+  800 epochs)."""
   config = ml_collections.ConfigDict()
   config.mode = "pretrain"
   config.seed = 0
@@ -168,6 +226,7 @@ def pretrain_config(model_name: str) -> ml_collections.ConfigDict:
   config.optimizer = ml_collections.ConfigDict(dict(
       name="adamw",
       base_lr=1.5e-4,  # lr = base_lr * batch_size / 256
+      lr_scaling="linear",
       min_lr=0.0,
       b1=0.9,
       b2=0.95,
@@ -183,6 +242,33 @@ def pretrain_config(model_name: str) -> ml_collections.ConfigDict:
   config.knn_every_epochs = 0.0
   config.knn_every_steps = 0
   config.knn = knn_settings()
+  return config
+
+
+# CAE's warm-up for each pretraining length (Atten4Vis/CAE README).
+CAE_WARMUP_EPOCHS = {300: 10, 800: 20, 1600: 40}
+
+
+def cae_pretrain_config(model_name: str, epochs: int | str
+                        ) -> ml_collections.ConfigDict:
+  """The official CAE pretraining recipe (CAE §5.2, Atten4Vis/CAE
+  scripts/cae_base_800e.sh): AdamW (0.9, 0.999), lr 1.5e-3 at batch 2048
+  (not rescaled by batch), 10/20/40 warm-up epochs for 300/800/1600
+  `epochs`, cosine to 1e-5, clipping at 3.0, RandomResizedCrop (0.08, 1) +
+  flip, DALL-E targets of a 112x112 second view."""
+  if str(epochs) not in {str(e) for e in CAE_WARMUP_EPOCHS}:
+    raise ValueError(f"CAE's recipe is for {sorted(CAE_WARMUP_EPOCHS)} "
+                     f"epochs, not {epochs!r}: use e.g. "
+                     "--config=configs/cae_vit_base_pretrain.py:1600")
+  epochs = int(epochs)
+  config = pretrain_config(model_name)
+  config.model = cae_model(model_name)
+  # The DALL-E tokenizer's view: the same crop and flip, 8 pixels per code.
+  config.data.update(crop_scale=(0.08, 1.0), second_view_size=112)
+  config.batch_size = 2048
+  durations(config, epochs=epochs, warmup_epochs=CAE_WARMUP_EPOCHS[epochs])
+  config.optimizer.update(base_lr=1.5e-3, lr_scaling="none", min_lr=1e-5,
+                          b2=0.999, grad_clip_norm=3.0)
   return config
 
 
@@ -225,7 +311,7 @@ def _classification_config(mode: str, model: ml_collections.ConfigDict,
 
 
 def linear_probe_config(model_name: str) -> ml_collections.ConfigDict:
-  """The official linear-probe recipe (SPEC §2): frozen encoder, cls token,
+  """The official linear-probe recipe (MAE A.1): frozen encoder, cls token,
   BatchNorm + Linear head, LARS, batch 16384, 90 epochs."""
   model = classifier_model(model_name, pooling="cls", head_batch_norm=True,
                            head_init_std=0.01)
@@ -235,6 +321,7 @@ def linear_probe_config(model_name: str) -> ml_collections.ConfigDict:
   config.optimizer = ml_collections.ConfigDict(dict(
       name="lars",
       base_lr=0.1,  # lr = base_lr * batch_size / 256
+      lr_scaling="linear",
       min_lr=0.0,
       momentum=0.9,
       trust_coefficient=0.001,
@@ -257,7 +344,7 @@ def attentive_probe_config(model_name: str) -> ml_collections.ConfigDict:
   config.optimizer = ml_collections.ConfigDict(dict(
       name="sgd",
       base_lr=0.4,
-      scale_lr_by_batch=False,  # lr = base_lr at any batch size
+      lr_scaling="none",  # lr = base_lr at any batch size
       min_lr=1e-6,  # the official script's default
       momentum=0.9,
       nesterov=True,
@@ -291,7 +378,7 @@ def knn_config(model_name: str) -> ml_collections.ConfigDict:
 def finetune_config(model_name: str, *, epochs: int, base_lr: float,
                     layer_decay: float, drop_path_rate: float
                     ) -> ml_collections.ConfigDict:
-  """The official end-to-end fine-tuning recipe (SPEC §2)."""
+  """The official end-to-end fine-tuning recipe (MAE A.2)."""
   model = classifier_model(model_name, drop_path_rate=drop_path_rate,
                            learned_pos_embed=True)
   config = _classification_config("finetune", model, batch_size=1024,
@@ -305,6 +392,7 @@ def finetune_config(model_name: str, *, epochs: int, base_lr: float,
   config.optimizer = ml_collections.ConfigDict(dict(
       name="adamw",
       base_lr=base_lr,  # lr = base_lr * batch_size / 256
+      lr_scaling="linear",
       min_lr=1e-6,
       b1=0.9,
       b2=0.999,

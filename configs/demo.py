@@ -30,13 +30,19 @@ def get_config():
   return config
 
 
+# The encoder's sizes, which a classifier of the demo's encoder copies (its
+# options come from the init_from checkpoint: mae_jax/initialization.py).
+ENCODER_SIZE_FIELDS = ("image_size", "patch_size", "width", "depth",
+                       "num_heads", "mlp_dim", "layer_norm_eps")
+
+
 def adapt_classifier(config):
   """A linear-probe or fine-tuning config -> the demo's encoder on digits,
-  so that `--config.init_from=<demo workdir>` fits."""
+  so that `--config.init_from=<demo workdir>` fits (demo.py's or
+  demo_cae.py's)."""
   pretrain = get_config()
-  config.model.update(
-      {k: v for k, v in pretrain.model.items() if k in config.model},
-      num_classes=10)
+  config.model.update({k: pretrain.model[k] for k in ENCODER_SIZE_FIELDS},
+                      num_classes=10)
   config.data.update(source="digits", name="digits", split="train",
                      eval_split="test", crop_scale=(0.5, 1.0),
                      horizontal_flip=False)

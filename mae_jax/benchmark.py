@@ -95,6 +95,15 @@ def model_name(model_config) -> str:
           f"/{model_config.patch_size}")
 
 
+def decoder_name(model_config) -> str:
+  """'8x512' (an MAE's decoder: depth x width); a CAE's regressor and
+  decoder have the encoder's width."""
+  if models.method_of(model_config) == "cae":
+    return (f"regressor {model_config.regressor_depth}x{model_config.width}"
+            f" + decoder {model_config.decoder_depth}x{model_config.width}")
+  return f"{model_config.decoder_depth}x{model_config.decoder_width}"
+
+
 def run(config, steps: int, warmup: int, peak_flag: float) -> dict:
   devices = jax.local_devices()
   train.validate_config(config, 1, len(devices))
@@ -112,13 +121,18 @@ def run(config, steps: int, warmup: int, peak_flag: float) -> dict:
   per_device = config.batch_size // len(devices)
   size = config.model.image_size
   rng = np.random.default_rng(0)
-  batch = devices_lib.shard({
+  batch = {
       "image": rng.integers(0, 256, (len(devices), per_device, size, size, 3),
                             dtype=np.uint8),
       "label": np.zeros((len(devices), per_device), np.int32),
       "example_id": np.arange(config.batch_size, dtype=np.int32).reshape(
           len(devices), per_device),
-  }, devices)
+  }
+  second = config.data.get("second_view_size", 0)
+  if second:  # CAE's DALL-E tokenizer reads it, inside the step
+    batch["second_view"] = rng.integers(
+        0, 256, (len(devices), per_device, second, second, 3), dtype=np.uint8)
+  batch = devices_lib.shard(batch, devices)
   state = devices_lib.replicate(state, devices)
   step_rng = devices_lib.replicate(jax.random.key(1), devices)
 
@@ -146,7 +160,7 @@ def run(config, steps: int, warmup: int, peak_flag: float) -> dict:
   return {
       "impl": "mae_jax",
       "model": model_name(config.model),
-      "decoder": f"{config.model.decoder_depth}x{config.model.decoder_width}",
+      "decoder": decoder_name(config.model),
       "mask_ratio": config.model.mask_ratio,
       "batch": config.batch_size,
       "dtype": jnp.dtype(dtype).name,

@@ -504,13 +504,22 @@ def resolve_checkpoint(path: str) -> str:
       "`python -m mae_jax.convert`")
 
 
+def _read_config(step_dir: str) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(
+      ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+          os.path.join(step_dir, "config")))
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+  """The run config stored with a checkpoint of ours (nothing else read)."""
+  return _read_config(resolve_checkpoint(path))
+
+
 def load_variables(path: str) -> tuple[ml_collections.ConfigDict, dict]:
   """(run config, {'step', 'params'[, 'model_state', 'frozen_digest']}) of
   a checkpoint of ours, as numpy arrays; the optimizer state is not read."""
   step_dir = resolve_checkpoint(path)
-  config = ml_collections.ConfigDict(
-      ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
-          os.path.join(step_dir, "config")))
+  config = _read_config(step_dir)
   checkpointer = ocp.PyTreeCheckpointer()
   state_dir = os.path.join(step_dir, "state")
   tree = checkpointer.metadata(state_dir).item_metadata.tree

@@ -1,5 +1,6 @@
-"""Official MAE and HuggingFace ViTMAE weights <-> mae_jax parameters, and
-the DALL-E tokenizer's weights -> mae_jax parameters.
+"""Official MAE and HuggingFace ViTMAE weights <-> mae_jax parameters;
+official CAE encoders and the DALL-E tokenizer's weights -> mae_jax
+parameters.
 
 Reads
 - the official release (facebookresearch/mae): `.pth` files holding
@@ -8,6 +9,9 @@ Reads
   or of a fine-tuned classifier (`mae_finetuned_*`);
 - HuggingFace ViTMAE directories: config.json + model.safetensors (or a
   sharded index, or pytorch_model.bin);
+- the official CAE release (Atten4Vis/CAE): `.pth` files of a pretrained CAE
+  ('encoder.*' next to its regressor and decoder) or of its encoder alone;
+  the encoder is kept (`load_official_cae`);
 - the DALL-E dVAE encoder (`encoder.pkl`, a pickled `dall_e` module), CAE's
   tokenizer (models/dalle.py), read without running the pickle's code;
 and writes HuggingFace ViTMAE directories that `transformers` loads.
@@ -22,10 +26,15 @@ PyTorch and this package lay out the same weights differently:
 - the MAE's position embeddings are the fixed 2-D sin-cos table, generated,
   not stored: a checkpoint's table is compared with ours, never dropped
   unseen. Fine-tuned classifiers learn theirs; it becomes 'encoder/pos_embed'.
+- CAE's encoder (BEiT's blocks) has separate q and v biases and no k bias:
+  they become our fused bias [q | 0 | v]; its layer scales 'gamma_1/2'
+  become 'layer_scale_attn/mlp'; its sin-cos table has the row's half first
+  (`sincos_order='h_first'`), which the conversion checks.
 
 Command line (the checkpoint it writes is what `config.init_from` takes):
   python -m mae_jax.convert --src=mae_visualize_vit_large.pth --dst=DIR
   python -m mae_jax.convert --src=HF_DIR --dst=DIR
+  python -m mae_jax.convert --src=cae_base_1600ep.pth --dst=DIR   (CAE)
   python -m mae_jax.convert --src=OUR_WORKDIR --dst=HF_DIR --format=hf
   python -m mae_jax.convert --src=encoder.pkl --dst=DIR   (CAE's tokenizer)
 A --dst that is not empty is refused unless --overwrite.
@@ -61,6 +70,11 @@ from mae_jax.models import vit
 
 # The official decoders all have 16 heads, which their tensors do not show.
 OFFICIAL_DECODER_HEADS = 16
+# The encoder options of models/vit.py in each release; CAE's layer scale
+# init is set apart, by size.
+MAE_ENCODER_OPTIONS = dict(layer_scale_init=0.0, key_bias=True,
+                           sincos_order="w_first")
+CAE_ENCODER_OPTIONS = dict(key_bias=False, sincos_order="h_first")
 POS_EMBED_ATOL = 1e-4  # the official table is computed in float32
 PTH_HINT = ("pip install torch --extra-index-url "
             "https://download.pytorch.org/whl/cpu (the CPU build is enough)")
@@ -203,6 +217,30 @@ def _official_block(ours: str, theirs: str) -> list[_Rule]:
           + _linear(f"{ours}/mlp/fc2", f"{theirs}.mlp.fc2"))
 
 
+def _qv_bias(ours: str, q_bias: str, v_bias: str) -> _Rule:
+  """BEiT's q_bias and v_bias <-> our fused [q | k | v] bias, k = 0."""
+  return _Rule(ours, (q_bias, v_bias),
+               lambda q, v: np.concatenate([q, np.zeros_like(q), v]),
+               lambda bias: tuple(np.split(bias, 3)[::2]))
+
+
+def _cae_block(ours: str, theirs: str, layer_scale: bool) -> list[_Rule]:
+  """CAE's (BEiT's) Block, as in models/modeling_cae_helper.py."""
+  rules = (_norm(f"{ours}/norm1", f"{theirs}.norm1")
+           + [_Rule(f"{ours}/attn/qkv/kernel", (f"{theirs}.attn.qkv.weight",),
+                    lambda w: w.T, lambda k: (k.T,)),
+              _qv_bias(f"{ours}/attn/qkv/bias", f"{theirs}.attn.q_bias",
+                       f"{theirs}.attn.v_bias")]
+           + _linear(f"{ours}/attn/proj", f"{theirs}.attn.proj")
+           + _norm(f"{ours}/norm2", f"{theirs}.norm2")
+           + _linear(f"{ours}/mlp/fc1", f"{theirs}.mlp.fc1")
+           + _linear(f"{ours}/mlp/fc2", f"{theirs}.mlp.fc2"))
+  if layer_scale:
+    rules += [_copy(f"{ours}/layer_scale_attn", f"{theirs}.gamma_1"),
+              _copy(f"{ours}/layer_scale_mlp", f"{theirs}.gamma_2")]
+  return rules
+
+
 def _hf_block(ours: str, theirs: str) -> list[_Rule]:
   """HuggingFace's ViTMAELayer, in the names the Hub's checkpoints use."""
   attn = f"{theirs}.attention.attention"
@@ -313,12 +351,32 @@ def mae_config(*, image_size: int, patch_size: int, width: int, depth: int,
   """A model config for `models.build`, with every field configs/common.py
   `mae_model` has."""
   return ml_collections.ConfigDict(dict(
-      image_size=image_size, patch_size=patch_size, width=width, depth=depth,
-      num_heads=num_heads, mlp_dim=mlp_dim, decoder_width=decoder_width,
-      decoder_depth=decoder_depth, decoder_num_heads=decoder_num_heads,
-      decoder_mlp_dim=decoder_mlp_dim, mask_ratio=mask_ratio,
-      norm_pix_loss=norm_pix_loss, loss_on_all_patches=False,
-      layer_norm_eps=layer_norm_eps, dtype="auto", remat=False))
+      name="mae", image_size=image_size, patch_size=patch_size, width=width,
+      depth=depth, num_heads=num_heads, mlp_dim=mlp_dim,
+      **MAE_ENCODER_OPTIONS, drop_path_rate=0.0, masking="random",
+      decoder_width=decoder_width, decoder_depth=decoder_depth,
+      decoder_num_heads=decoder_num_heads, decoder_mlp_dim=decoder_mlp_dim,
+      mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss,
+      loss_on_all_patches=False, layer_norm_eps=layer_norm_eps, dtype="auto",
+      remat=False))
+
+
+def cae_config(*, image_size: int, patch_size: int, width: int, depth: int,
+               num_heads: int, mlp_dim: int, layer_scale_init: float,
+               layer_norm_eps: float = 1e-6) -> ml_collections.ConfigDict:
+  """A CAE model config for `models.build`, with every field configs/common.py
+  `cae_model` has: the official recipe's regressor, decoder and loss around
+  an encoder of these sizes."""
+  return ml_collections.ConfigDict(dict(
+      name="cae", image_size=image_size, patch_size=patch_size, width=width,
+      depth=depth, num_heads=num_heads, mlp_dim=mlp_dim,
+      **CAE_ENCODER_OPTIONS, layer_scale_init=layer_scale_init,
+      drop_path_rate=0.1, masking="block", mask_ratio=0.5, regressor_depth=4,
+      decoder_depth=4, decoder_num_heads=num_heads,
+      decoder_layer_scale_init=layer_scale_init, target="dalle",
+      tokenizer_path="", norm_pix_loss=True, align_weight=2.0,
+      weight_init="xavier", layer_norm_eps=layer_norm_eps, dtype="auto",
+      remat=False))
 
 
 def classifier_config(*, image_size: int, patch_size: int, width: int,
@@ -333,7 +391,8 @@ def classifier_config(*, image_size: int, patch_size: int, width: int,
       num_heads=num_heads, mlp_dim=mlp_dim, num_classes=num_classes,
       pooling=pooling, head_batch_norm=False, head_init_std=2e-5,
       drop_path_rate=0.0, learned_pos_embed=True,
-      layer_norm_eps=layer_norm_eps, dtype="auto", remat=False))
+      layer_norm_eps=layer_norm_eps, dtype="auto", remat=False,
+      **MAE_ENCODER_OPTIONS))
 
 
 def mode_of(model_config: ml_collections.ConfigDict) -> str:
@@ -452,9 +511,10 @@ def expected_shapes(model_config: ml_collections.ConfigDict
   return {k: tuple(v.shape) for k, v in _flatten(variables["params"]).items()}
 
 
-def _fixed_table(width: int, grid: int) -> np.ndarray:
+def _fixed_table(width: int, grid: int, order: str = "w_first"
+                 ) -> np.ndarray:
   """The sin-cos table as the reference stores it: (1, 1 + L, D), cls row 0."""
-  table = vit.sincos_pos_embed_2d(width, grid, grid)
+  table = vit.sincos_pos_embed_2d(width, grid, grid, order)
   return np.concatenate([np.zeros((1, width), np.float32), table])[None]
 
 
@@ -514,8 +574,8 @@ def _convert(state: dict[str, np.ndarray], rules: list[_Rule],
              "transformers >= 5 leaves these tables zero in a freshly "
              "constructed ViTMAE; copy the sin-cos table in before saving"
              if not state[key].any() else "")
-          + "). mae_jax's MAE uses exactly that table, so these weights would "
-          "not compute what they were trained to.")
+          + "). mae_jax's models use exactly that table, so these weights "
+          "would not compute what they were trained to.")
   return _unflatten(flat)
 
 
@@ -571,7 +631,12 @@ def load_official_mae(path: str, model_name: str | None = None,
       raw pixels), `mask_ratio`, `num_heads` for a non-standard width,
       `decoder_num_heads` (16 in every official model).
   """
-  state = read_torch_file(path)
+  return _official_mae(read_torch_file(path), path, model_name, overrides)
+
+
+def _official_mae(state: dict[str, np.ndarray], path: str,
+                  model_name: str | None, overrides: dict
+                  ) -> tuple[ml_collections.ConfigDict, dict]:
   if any(k.startswith(("vit.", "embeddings.")) for k in state):
     raise ValueError(f"{path} is a HuggingFace ViTMAE checkpoint: load its "
                      "directory with load_hf_vitmae")
@@ -612,15 +677,84 @@ def load_official_mae(path: str, model_name: str | None = None,
   return model_config, params
 
 
+def load_official_cae(path: str, model_name: str | None = None,
+                      **overrides) -> tuple[ml_collections.ConfigDict, dict]:
+  """An official CAE `.pth` -> (CAE model config, parameters with only
+  'encoder'), what `config.init_from` takes.
+
+  Args:
+    path: a checkpoint of Atten4Vis/CAE: a pretrained CAE ({'model': state
+      dict} with 'encoder.*' next to 'alignment_encoder.*', 'regresser.*',
+      'decoder.*', which are dropped) or its encoder alone (the same names
+      without 'encoder.').
+    model_name: 'base/16', 'large/16'...; otherwise read from the tensors.
+    **overrides: model config fields, as in `load_official_mae`.
+
+  The config holds the encoder options the weights need (layer scale if
+  they have it, q and v biases, the h-first sin-cos table, which is
+  checked) and the official recipe for the rest (layer scale init 0.1,
+  1e-5 for ViT-L).
+  """
+  return _official_cae(read_torch_file(path), path, model_name, overrides)
+
+
+def _is_cae(state: dict[str, np.ndarray]) -> bool:
+  """BEiT-style blocks (separate q and v biases): a CAE checkpoint."""
+  return any(k.endswith(".attn.q_bias") for k in state)
+
+
+def _official_cae(state: dict[str, np.ndarray], path: str,
+                  model_name: str | None, overrides: dict
+                  ) -> tuple[ml_collections.ConfigDict, dict]:
+  display = {}
+  if "encoder.cls_token" in state:  # a whole CAE: its encoder alone
+    dropped = sorted({k.split(".")[0] for k in state
+                      if not k.startswith("encoder.")})
+    logging.info("Keeping the encoder of %s; dropping %s", path, dropped)
+    state = {k[len("encoder."):]: v for k, v in state.items()
+             if k.startswith("encoder.")}
+    display = {k: f"encoder.{k}" for k in state}
+  for key in ("cls_token", "patch_embed.proj.weight", "blocks.0.attn.q_bias"):
+    if key not in state:
+      raise ValueError(f"{path} has no {key!r}: not an encoder of the "
+                       f"official CAE code (its keys: {sorted(state)[:10]}"
+                       "...)")
+  sizes = _official_sizes(state, model_name, overrides, path)
+  layer_scale = "blocks.0.gamma_1" in state
+  large = (sizes["width"], sizes["depth"]) == models.VIT_SIZES["large"][:2]
+  model_config = _override(cae_config(
+      **sizes, layer_scale_init=(1e-5 if large else 0.1) if layer_scale
+      else 0.0), overrides)
+  rules = [_copy("encoder/cls_token", "cls_token"),
+           *_patch_embed("encoder/patch_embed", "patch_embed.proj")]
+  for i in range(model_config.depth):
+    rules += _cae_block(f"encoder/transformer/blocks_{i}", f"blocks.{i}",
+                        layer_scale)
+  rules += _norm("encoder/transformer/norm", "norm")
+  grid = patches.grid_size(model_config.image_size, model_config.patch_size)
+  fixed = ({"pos_embed": _fixed_table(model_config.width, grid, "h_first")}
+           if "pos_embed" in state else {})
+  # The encoder's parameters are those of a classifier with its options.
+  encoder_config = classifier_config(**sizes, num_classes=1, pooling="cls")
+  encoder_config.update(
+      learned_pos_embed=False, layer_scale_init=model_config.layer_scale_init,
+      key_bias=False, sincos_order=model_config.sincos_order)
+  params = _convert(state, rules, expected_shapes(encoder_config), fixed,
+                    ignored=set(), source=str(path), display=display)
+  logging.info("Loaded %s (CAE encoder)", path)
+  return model_config, params
+
+
 def _count_blocks(state: dict, prefix: str) -> int:
   pattern = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.")
   indices = {int(m.group(1)) for k in state if (m := pattern.match(k))}
   return max(indices) + 1 if indices else 0
 
 
-def _official_config(state, model_name, decoder, classifier, overrides, path):
-  """The model config of an official checkpoint: sizes from `model_name` or
-  the tensors, the rest from the official recipe and `overrides`."""
+def _official_sizes(state, model_name, overrides, path) -> dict:
+  """The encoder fields of an official checkpoint (MAE's or CAE's names,
+  without prefix): sizes from `model_name` or the tensors, the image size
+  from the position table."""
   patch_size = state["patch_embed.proj.weight"].shape[-1]
   if model_name is not None:
     # The reference's own names ('mae_vit_large_patch16', 'vit_huge_patch14')
@@ -649,17 +783,24 @@ def _official_config(state, model_name, decoder, classifier, overrides, path):
   if grid * grid != tokens:
     raise ValueError(f"{path}: pos_embed has {tokens} patch positions, not a "
                      "square grid")
-  image_size = grid * sizes["patch_size"]
+  return dict(image_size=grid * sizes["patch_size"], **sizes)
+
+
+def _official_config(state, model_name, decoder, classifier, overrides, path):
+  """The model config of an official MAE checkpoint: sizes from
+  `model_name` or the tensors, the rest from the official recipe and
+  `overrides`."""
+  sizes = _official_sizes(state, model_name, overrides, path)
   if classifier:
     head = state.get("head.weight", state.get("head.1.weight"))
     model_config = classifier_config(
-        image_size=image_size, **sizes, num_classes=head.shape[0],
+        **sizes, num_classes=head.shape[0],
         pooling="gap" if "fc_norm.weight" in state else "cls")
   else:
     decoder_width = (state["decoder_embed.weight"].shape[0] if decoder
                      else 512)
     model_config = mae_config(
-        image_size=image_size, **sizes, decoder_width=decoder_width,
+        **sizes, decoder_width=decoder_width,
         decoder_depth=(_count_blocks(state, "decoder_blocks") if decoder
                        else 8),
         decoder_num_heads=OFFICIAL_DECODER_HEADS,
@@ -677,6 +818,11 @@ def save_hf_vitmae(model_config: ml_collections.ConfigDict, params,
   if mode_of(model_config) != "pretrain" or "decoder" not in params:
     raise ValueError("save_hf_vitmae writes a pretraining MAE with its "
                      "decoder; this is a classifier or an encoder alone")
+  if models.method_of(model_config) != "mae":
+    raise ValueError(f"save_hf_vitmae writes an MAE; this is a "
+                     f"{models.method_of(model_config).upper()}, which "
+                     "HuggingFace's ViTMAE cannot hold (a regressor, a "
+                     "decoder of the masked patches only)")
   if model_config.loss_on_all_patches:
     logging.warning("HuggingFace's ViTMAE has no loss_on_all_patches: its loss "
                     "averages over the masked patches; the weights are the "
@@ -866,10 +1012,10 @@ def load(path: str, model_name: str | None = None, **overrides
   """Any checkpoint -> (config with `model` and `mode`, parameters).
 
   `path` is a checkpoint of ours (a workdir, its checkpoints/ or a step
-  directory), a HuggingFace ViTMAE directory, an official `.pth` or DALL-E's
-  `encoder.pkl` (`load_dalle_encoder`);
-  `model_name` and `overrides` are as in `load_official_mae` (overrides
-  apply to the model config of any of them).
+  directory), a HuggingFace ViTMAE directory, an official `.pth` of MAE or
+  CAE (told apart by CAE's q_bias tensors) or DALL-E's `encoder.pkl`
+  (`load_dalle_encoder`); `model_name` and `overrides` are as in
+  `load_official_mae` (overrides apply to the model config of any of them).
   """
   p = epath.Path(path)
   if not p.exists():
@@ -891,7 +1037,9 @@ def load(path: str, model_name: str | None = None, **overrides
     model_config, params = load_hf_vitmae(path)
     model_config = _override(model_config, overrides)
   else:
-    model_config, params = load_official_mae(path, model_name, **overrides)
+    state = read_torch_file(path)
+    official = _official_cae if _is_cae(state) else _official_mae
+    model_config, params = official(state, path, model_name, overrides)
   return ml_collections.ConfigDict(dict(model=model_config,
                                         mode=mode_of(model_config))), params
 
@@ -921,13 +1069,14 @@ def load_from_arguments(src: str, args: argparse.Namespace):
 def main(argv: list[str] | None = None):
   parser = cli.ArgumentParser(
       prog="python -m mae_jax.convert",
-      description="Converts official MAE (.pth) and HuggingFace ViTMAE "
-      "weights to a checkpoint of ours (what config.init_from takes), or "
-      "any of them to a HuggingFace ViTMAE directory; and DALL-E's "
-      "encoder.pkl to the tokenizer parameters of CAE's target=dalle.")
+      description="Converts official MAE and CAE (.pth) and HuggingFace "
+      "ViTMAE weights to a checkpoint of ours (what config.init_from takes), "
+      "or MAEs to a HuggingFace ViTMAE directory; and DALL-E's encoder.pkl "
+      "to the tokenizer parameters of CAE's target=dalle.")
   parser.add_argument("--src", required=True,
-                      help="an official .pth, a HuggingFace ViTMAE directory, "
-                      "a checkpoint of ours or DALL-E's encoder.pkl")
+                      help="an official MAE or CAE .pth, a HuggingFace "
+                      "ViTMAE directory, a checkpoint of ours or DALL-E's "
+                      "encoder.pkl")
   parser.add_argument("--dst", required=True, help="the directory to write")
   parser.add_argument("--format", choices=("mae_jax", "hf"), default="mae_jax",
                       help="mae_jax: DST/checkpoints/0 (orbax, our layout); "

@@ -22,13 +22,18 @@ import numpy as np
 
 from mae_jax import devices as devices_lib
 from mae_jax import knn
+from mae_jax import losses
+from mae_jax import masking
 from mae_jax import models
+from mae_jax import patches
 from mae_jax import visualize
 from mae_jax.data import pipeline
 from mae_jax.data import sources
 from mae_jax.data import transforms
 
 AXIS = devices_lib.AXIS
+ALL_PATCHES_COLUMNS = ("all patches: encoder -> decoder, no regressor",
+                       "original")
 
 
 @dataclasses.dataclass
@@ -51,17 +56,27 @@ def pmap_devices(devices: Sequence[Any]) -> Sequence[Any] | None:
   return devices if len(devices) != jax.local_device_count() else None
 
 
+def figure_noise(model, masking_kind: str, count: int, seed: int
+                 ) -> jnp.ndarray:
+  """(count, L) masking noise of the run's kind of masking for `count`
+  figure images, the same at every evaluation."""
+  grid = patches.grid_size(model.image_size, model.patch_size)
+  keys = jax.random.split(jax.random.key(seed), count)
+  return masking.make_noise(masking_kind, keys, (grid, grid),
+                            masking.num_kept(grid * grid, model.mask_ratio))
+
+
 class ReconstructionFigures:
   """An MAE's reconstructions of a fixed set of images with a fixed masking,
   so that figures of successive steps can be compared."""
 
-  def __init__(self, model, source: sources.Source, count: int, seed: int,
-               every_steps: int, corrupt_images: str = "fail"):
+  def __init__(self, model, masking_kind: str, source: sources.Source,
+               count: int, seed: int, every_steps: int,
+               corrupt_images: str = "fail"):
     images = pipeline.eval_images(source, count, model.image_size,
                                   corrupt_images)
     self._images = transforms.normalize(images)
-    self._noise = jax.random.uniform(jax.random.key(seed),
-                                     (len(images), model.num_patches))
+    self._noise = figure_noise(model, masking_kind, len(images), seed)
     self._model = model
     self._apply = jax.jit(model.apply)
     self.every_steps = every_steps
@@ -85,6 +100,65 @@ def in_top_k(logits: jnp.ndarray, labels: jnp.ndarray, k: int) -> jnp.ndarray:
   true_logit = jnp.take_along_axis(logits, labels[:, None], axis=1)
   rank = jnp.sum(~(logits < true_logit), axis=1) - 1
   return rank < k
+
+
+class CAEReconstructionFigures:
+  """A CAE's figures of a fixed set of images with a fixed masking (target
+  'pixels'):
+  - 'reconstruction': masked input | the decoder's prediction of the masked
+    patches | with the visible patches | original;
+  - 'all_patches': every patch through the encoder and straight to the
+    decoder, skipping the regressor | original (the CAE paper's Fig. 4:
+    with the alignment, the regressor's outputs lie in the encoder's space,
+    so the decoder reads the encoder's latents too), and its error as the
+    scalar 'eval/all_patches_mse' (per-patch MSE in the loss's target
+    space, over all patches of these images).
+  """
+
+  def __init__(self, model, masking_kind: str, source: sources.Source,
+               count: int, seed: int, every_steps: int,
+               corrupt_images: str = "fail"):
+    images = pipeline.eval_images(source, count, model.image_size,
+                                  corrupt_images)
+    self._images = transforms.normalize(images)
+    self._noise = figure_noise(model, masking_kind, len(images), seed)
+    self._model = model
+    self._apply = jax.jit(model.apply)
+    self._all_patches = jax.jit(functools.partial(
+        model.apply, method=model.decode_all_patches))
+    self.every_steps = every_steps
+
+  def __call__(self, state) -> Report:
+    params = {"params": devices_lib.unreplicate(state.params)}
+    model, images = self._model, self._images
+    out = self._apply(params, images, self._noise)
+    pred = np.zeros((len(images), model.num_patches, out.pred.shape[-1]),
+                    np.float32)
+    np.put_along_axis(pred, np.asarray(out.ids_masked)[..., None],
+                      np.asarray(out.pred), axis=1)
+    figure = visualize.reconstruction_figure(
+        images, pred, np.asarray(out.mask), model.patch_size,
+        model.norm_pix_loss, visible_predicted=False)
+    all_pred = np.asarray(self._all_patches(params, images))
+    target = np.asarray(patches.patchify(images, model.patch_size))
+    if model.norm_pix_loss:
+      target = np.asarray(losses.normalize_patches(target))
+    pixels = visualize.prediction_to_pixels(all_pred, images,
+                                            model.patch_size,
+                                            model.norm_pix_loss)
+    grid_hw = (model.grid, model.grid)
+    all_figure = visualize.panels_figure(
+        [np.asarray(patches.unpatchify(pixels, model.patch_size, grid_hw)),
+         images])
+    return Report(
+        scalars={"eval/all_patches_mse": float(np.mean(
+            (all_pred - target) ** 2))},
+        images={
+            "reconstruction": visualize.annotate(
+                visualize.upscale(figure, model.image_size)),
+            "all_patches": visualize.annotate(
+                visualize.upscale(all_figure, model.image_size),
+                ALL_PATCHES_COLUMNS)})
 
 
 def eval_step(state, batch: dict, *, task) -> dict:

@@ -1,10 +1,13 @@
 """A classifier's encoder from a pretraining checkpoint (`config.init_from`).
 
-The encoder's parameters are copied by name, the decoder is dropped, the
-head stays freshly initialised. At another resolution than the checkpoint's,
-its position table (a learned one, or the fixed sin-cos table of its grid,
-which a pretraining checkpoint of the reference stores) is resized
-bicubically on the grid, the cls row kept, as the reference's
+The encoder's options (layer scale, key bias, sin-cos order: models/vit.py)
+are taken from the checkpoint's config first (`adopt_encoder_options`), so
+that a CAE encoder drops into the MAE recipes' classifiers. Then the
+encoder's parameters are copied by name, the decoder (and a CAE's regressor)
+is dropped, the head stays freshly initialised. At another resolution than
+the checkpoint's, its position table (a learned one, or the fixed sin-cos
+table of its grid, which a pretraining checkpoint of the reference stores)
+is resized bicubically on the grid, the cls row kept, as the reference's
 `util/pos_embed.py interpolate_pos_embed` does; `pos_embed_resize='sincos'`
 starts from the sin-cos table of the new grid instead.
 """
@@ -25,6 +28,38 @@ _ENCODER_FIELDS = ("patch_size", "width", "depth", "num_heads", "mlp_dim")
 # another resolution: 'bicubic' resizes it (the reference), 'sincos' takes
 # the sin-cos table of the new grid.
 POS_EMBED_RESIZES = ("bicubic", "sincos")
+
+
+# Encoder options a classifier takes from its init_from checkpoint, with the
+# values of checkpoints written before the options existed (MAE's).
+ENCODER_OPTIONS = {"layer_scale_init": 0.0, "key_bias": True,
+                   "sincos_order": "w_first"}
+
+
+def adopt_encoder_options(config: ml_collections.ConfigDict
+                          ) -> ml_collections.ConfigDict:
+  """`config`, or for a linear probe or fine-tuning with `init_from`, a copy
+  whose model has the encoder options of init_from's checkpoint (logged
+  where they change).
+
+  The options decide which parameters the encoder has (layer scale) and
+  what it computes (the sin-cos table), so the pretraining's must be used.
+  Run before the task is built and on every resume alike, the adopted
+  config is also what the workdir's checkpoints store and are checked
+  against.
+  """
+  if config.mode == "pretrain" or not config.get("init_from"):
+    return config
+  stored = checkpointing.load_config(config.init_from).get("model", {})
+  adopted = ml_collections.ConfigDict(config.to_dict())
+  for name, default in ENCODER_OPTIONS.items():
+    value = stored.get(name, default)
+    if adopted.model[name] != value:
+      logging.info("Encoder option model.%s=%r from init_from=%s (the config "
+                   "had %r).", name, value, config.init_from,
+                   adopted.model[name])
+      adopted.model[name] = value
+  return adopted
 
 
 def _cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""The optimizers of the MAE recipes (SPEC §2), chosen by config.
+"""The optimizers of the MAE and CAE recipes (MAE A.1-A.2, CAE §5.2), chosen
+by config.
 
 - pretraining: AdamW, weight decay on everything but 1-D parameters;
 - fine-tuning: AdamW that also spares pos_embed and cls_token from decay,
@@ -8,8 +9,8 @@
 - attentive probe: SGD with Nesterov momentum on the attentive pooling and
   the head, the encoder frozen (CAE's recipe);
 - k-NN trains nothing: every parameter is frozen.
-Shared: the linear scaling rule lr = base_lr x batch/256 (unless a recipe
-says its lr is not rescaled), a per-step linear warm-up and half-cycle
+Shared: the linear scaling rule lr = base_lr x batch/256 (or none, for
+CAE's recipes, whose lr is given for their batch), a per-step linear warm-up and half-cycle
 cosine, optional global-norm clipping.
 """
 
@@ -31,17 +32,21 @@ _BLOCK = re.compile(r"blocks_(\d+)$")
 PROBE_MODES = ("linear_probe", "attentive_probe")
 
 
-def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
-  """The linear scaling rule: lr = base_lr x global batch / 256.
+LR_SCALINGS = ("linear", "none")
 
-  With `optimizer.scale_lr_by_batch=False`, base_lr is the lr whatever the
-  batch: CAE's attentive probe runs at 0.4 for its batch of 8192, and the
-  official script does not rescale it.
-  """
-  opt = config.optimizer
-  if not opt.get("scale_lr_by_batch", True):
-    return opt.base_lr
-  return opt.base_lr * config.batch_size / 256
+
+def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
+  """The peak lr: base_lr x global batch / 256 (the linear scaling rule of
+  the MAE recipes, `lr_scaling='linear'`), or base_lr as it is ('none':
+  CAE's scripts give the lr for their batch of 2048, and the attentive
+  probe's 0.4 for 8192, without rescaling)."""
+  scaling = config.optimizer.get("lr_scaling", "linear")
+  if scaling not in LR_SCALINGS:
+    raise ValueError(f"optimizer.lr_scaling={scaling!r}; use one of "
+                     f"{LR_SCALINGS}")
+  if scaling == "none":
+    return config.optimizer.base_lr
+  return config.optimizer.base_lr * config.batch_size / 256
 
 
 def warmup_cosine_schedule(peak_lr: float, warmup_steps: int,

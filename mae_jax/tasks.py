@@ -2,8 +2,10 @@
 it is evaluated. The train loop (train.py) is the same for all and never
 asks which mode it runs; `make_task` is the one place that does.
 
-- 'pretrain': the MAE and its masked reconstruction loss (MAE paper §3),
-  with an optional periodic k-NN of its encoder;
+- 'pretrain': the MAE and its masked reconstruction loss (MAE paper §3), or
+  with `model.name='cae'` the context autoencoder and its reconstruction and
+  alignment losses (CAE paper §3); either with an optional periodic k-NN of
+  its encoder;
 - 'linear_probe', 'attentive_probe' and 'finetune': a ViT classifier (MAE
   paper §4, A.1-A.2; CAE paper §4.1) whose encoder comes from
   `config.init_from`;
@@ -30,11 +32,17 @@ from mae_jax import initialization
 from mae_jax import knn
 from mae_jax import masking
 from mae_jax import models
+from mae_jax import patches
 from mae_jax.data import sources
 from mae_jax.data import transforms
+from mae_jax.models import cae
+from mae_jax.models import dalle
 
 MODES = ("pretrain", "linear_probe", "attentive_probe", "finetune", "knn")
 CLASSIFICATION_MODES = ("linear_probe", "attentive_probe", "finetune")
+# Folded into an example's key for its drop-path keys; the key itself draws
+# the masking.
+_DROP_PATH_STREAM = 1
 
 Batch = dict[str, jnp.ndarray]
 # What `loss` returns besides the loss: the new model state (BatchNorm
@@ -99,6 +107,27 @@ def _load_encoder(config: ml_collections.ConfigDict, params):
   return params
 
 
+def _pretraining_keys(config: ml_collections.ConfigDict, model, rng: jax.Array,
+                      step: jnp.ndarray, batch: Batch):
+  """(masking noise (B, L), drop-path keys (B,) or None) of a pretraining
+  batch, keyed by each example's global index."""
+  keys = masking.example_keys(rng, step, batch["example_id"])
+  grid = patches.grid_size(model.image_size, model.patch_size)
+  noise = masking.make_noise(
+      config.model.masking, keys, (grid, grid),
+      masking.num_kept(grid * grid, config.model.mask_ratio))
+  drop_keys = None
+  if config.model.drop_path_rate > 0:
+    drop_keys = jax.vmap(lambda k: jax.random.fold_in(k, _DROP_PATH_STREAM))(
+        keys)
+  return noise, drop_keys
+
+
+def _check_masking(config: ml_collections.ConfigDict, model):
+  grid = patches.grid_size(model.image_size, model.patch_size)
+  masking.check(config.model.masking, (grid, grid), config.model.mask_ratio)
+
+
 class PretrainTask:
   """MAE pretraining: all parameters trained, no model state; k-NN of the
   encoder every `knn_every_steps` when that is positive."""
@@ -109,7 +138,7 @@ class PretrainTask:
 
   def validate(self, micro_batch: int | None):
     del micro_batch
-    masking.num_kept(self.model.num_patches, self.config.model.mask_ratio)
+    _check_masking(self.config, self.model)
     if self.config.knn_every_steps or self.config.knn_every_epochs:
       _validate_knn(self.config)
 
@@ -123,28 +152,158 @@ class PretrainTask:
   def loss(self, params, model_state: dict, batch: Batch, rng: jax.Array,
            step: jnp.ndarray) -> tuple[jnp.ndarray, LossAux]:
     images = transforms.normalize(batch["image"], xp=jnp)
-    keys = masking.example_keys(rng, step, batch["example_id"])
-    noise = masking.masking_noise(keys, self.model.num_patches)
-    loss = self.model.apply({"params": params}, images, noise).loss
+    noise, drop_keys = _pretraining_keys(self.config, self.model, rng, step,
+                                         batch)
+    loss = self.model.apply({"params": params}, images, noise,
+                            drop_keys).loss
     return loss, (model_state, {})
 
   def encode(self, params, images: jnp.ndarray) -> jnp.ndarray:
-    """Every patch through the encoder, nothing masked: (B, 1 + L, D)."""
-    return self.model.apply({"params": params}, images,
-                            method=lambda mae, x: mae.encoder(x))
+    return _encode_all_patches(self.model, params, images)
 
   def evaluators(self, devices: Sequence[Any],
                  train_source: sources.Source | None
                  ) -> list[evaluators.Evaluator]:
-    config = self.config
-    result = [evaluators.ReconstructionFigures(
-        self.model, train_source, config.figure_images, config.seed,
-        config.figure_every_steps, config.data.corrupt_images)]
-    if config.knn_every_steps > 0:
-      result.append(evaluators.KNNAccuracy(
-          self.encode, config, devices, config.knn_every_steps,
-          bank_source=train_source))
-    return result
+    figures = evaluators.ReconstructionFigures(
+        self.model, self.config.model.masking, train_source,
+        self.config.figure_images, self.config.seed,
+        self.config.figure_every_steps, self.config.data.corrupt_images)
+    return [figures] + _periodic_knn(self, devices, train_source)
+
+
+def _encode_all_patches(model, params, images: jnp.ndarray) -> jnp.ndarray:
+  """A pretraining model's encoder on every patch, nothing masked:
+  (B, 1 + L, D) after the final norm."""
+  return model.apply({"params": params}, images,
+                     method=lambda module, x: module.encoder(x))
+
+
+def _periodic_knn(task, devices: Sequence[Any],
+                  train_source: sources.Source | None
+                  ) -> list[evaluators.Evaluator]:
+  """The k-NN of a pretraining task's encoder every `knn_every_steps`, if
+  that is positive (durations.py resolves knn_every_epochs into it)."""
+  if task.config.knn_every_steps <= 0:
+    return []
+  return [evaluators.KNNAccuracy(
+      task.encode, task.config, devices, task.config.knn_every_steps,
+      bank_source=train_source)]
+
+
+class CAEPretrainTask:
+  """CAE pretraining (CAE paper §3): the encoder, regressor and decoder all
+  trained; the loss's two terms are logged as train/loss_recon and
+  train/loss_align (the alignment MSE before its weight: train/loss =
+  loss_recon + align_weight x loss_align).
+
+  With target='dalle' the DALL-E tokenizer's parameters are the model state
+  {'tokenizer': ...}: an argument of the compiled step, not a constant
+  compiled into it (pmap embeds closed-over arrays in the program), never
+  differentiated, and saved with each checkpoint, so that a run resumes
+  with the tokenizer it started with.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    self.model = models.build(config.model)
+
+  def validate(self, micro_batch: int | None):
+    del micro_batch
+    model_config = self.config.model
+    _check_masking(self.config, self.model)
+    if self.config.knn_every_steps or self.config.knn_every_epochs:
+      _validate_knn(self.config)
+    if model_config.target not in cae.TARGETS:
+      raise ValueError(f"model.target={model_config.target!r}; use one of "
+                       f"{cae.TARGETS}")
+    if model_config.weight_init not in cae.WEIGHT_INITS:
+      raise ValueError(f"model.weight_init={model_config.weight_init!r}; use "
+                       f"one of {cae.WEIGHT_INITS}")
+    if model_config.align_weight < 0:
+      raise ValueError(f"model.align_weight={model_config.align_weight} must "
+                       "not be negative (0 turns the alignment off)")
+    second_view = self.config.data.second_view_size
+    if model_config.target == "pixels":
+      if second_view:
+        raise ValueError(
+            f"data.second_view_size={second_view} makes a second view that "
+            "target='pixels' does not use; set --config.data."
+            "second_view_size=0")
+      return
+    if not model_config.tokenizer_path:
+      raise ValueError(
+          "target='dalle' needs the DALL-E tokenizer: "
+          f"{dalle.CONVERT_HINT} (--config.model.tokenizer_path=DIR); or "
+          "predict pixels: --config.model.target=pixels "
+          "--config.data.second_view_size=0")
+    wanted = self.model.grid * dalle.DOWNSAMPLING
+    if second_view != wanted:
+      raise ValueError(
+          f"data.second_view_size={second_view}: the DALL-E tokenizer gives "
+          f"one code per {dalle.DOWNSAMPLING}x{dalle.DOWNSAMPLING} pixels of "
+          f"the second view, and the {self.model.grid}x{self.model.grid} "
+          f"patches need one code each; set --config.data.second_view_size="
+          f"{wanted}")
+
+  def init_variables(self, rng: jax.Array, load_pretrained: bool
+                     ) -> tuple[Any, dict]:
+    """With target='dalle' and `load_pretrained`, the model state holds the
+    tokenizer of `model.tokenizer_path`; without (a resumed run, which
+    restores its own, or a benchmark) a randomly initialised one of the
+    released encoder's sizes."""
+    size = self.model.image_size
+    init_rng, official_rng, tokenizer_rng = jax.random.split(rng, 3)
+    images = jnp.zeros((1, size, size, 3))
+    noise = jnp.zeros((1, self.model.num_patches))
+    codes = jnp.zeros((1, self.model.num_patches), jnp.int32)
+    params = jax.jit(self.model.init)(init_rng, images, noise,
+                                      token_targets=codes)["params"]
+    params = cae.official_init(params, official_rng,
+                               self.config.model.weight_init)
+    if self.config.model.target != "dalle":
+      return params, {}
+    if load_pretrained:
+      tokenizer = dalle.load_tokenizer(self.config.model.tokenizer_path)
+    else:
+      tokenizer = jax.jit(dalle.DalleEncoder().init)(
+          tokenizer_rng, jnp.zeros((1, dalle.DOWNSAMPLING,
+                                    dalle.DOWNSAMPLING, 3)))["params"]
+    vocab = tokenizer["output"]["kernel"].shape[-1]
+    if vocab != cae.DALLE_VOCAB_SIZE:
+      raise ValueError(
+          f"the tokenizer at {self.config.model.tokenizer_path} has {vocab} "
+          f"codes; CAE's decoder predicts {cae.DALLE_VOCAB_SIZE} (the "
+          "released DALL-E encoder's)")
+    return params, {"tokenizer": tokenizer}
+
+  def loss(self, params, model_state: dict, batch: Batch, rng: jax.Array,
+           step: jnp.ndarray) -> tuple[jnp.ndarray, LossAux]:
+    images = transforms.normalize(batch["image"], xp=jnp)
+    noise, drop_keys = _pretraining_keys(self.config, self.model, rng, step,
+                                         batch)
+    codes = None
+    if self.config.model.target == "dalle":
+      codes = dalle.dalle_codes(model_state["tokenizer"], batch["second_view"])
+    out = self.model.apply({"params": params}, images, noise, drop_keys,
+                           token_targets=codes)
+    return out.loss, (model_state, {"loss_recon": out.loss_recon,
+                                    "loss_align": out.loss_align})
+
+  def encode(self, params, images: jnp.ndarray) -> jnp.ndarray:
+    return _encode_all_patches(self.model, params, images)
+
+  def evaluators(self, devices: Sequence[Any],
+                 train_source: sources.Source | None
+                 ) -> list[evaluators.Evaluator]:
+    """Figures of pixel predictions (none for DALL-E tokens) and the
+    periodic k-NN."""
+    figures = []
+    if self.config.model.target == "pixels":
+      figures = [evaluators.CAEReconstructionFigures(
+          self.model, self.config.model.masking, train_source,
+          self.config.figure_images, self.config.seed,
+          self.config.figure_every_steps, self.config.data.corrupt_images)]
+    return figures + _periodic_knn(self, devices, train_source)
 
 
 class ClassificationTask:
@@ -274,6 +433,8 @@ class KNNTask:
 
 
 def make_task(config: ml_collections.ConfigDict, axis_name: str) -> Task:
+  if config.mode == "pretrain" and models.method_of(config.model) == "cae":
+    return CAEPretrainTask(config)
   if config.mode == "pretrain":
     return PretrainTask(config)
   if config.mode in CLASSIFICATION_MODES:

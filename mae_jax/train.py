@@ -29,6 +29,7 @@ from mae_jax import checkpointing
 from mae_jax import devices as devices_lib
 from mae_jax import durations
 from mae_jax import evaluators as evaluators_lib
+from mae_jax import initialization
 from mae_jax import multihost
 from mae_jax import optim
 from mae_jax import preemption
@@ -401,6 +402,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `devices` restricts the run to some local devices (tests compare 1 and 8).
   """
   devices = list(devices or jax.local_devices())
+  config = initialization.adopt_encoder_options(config)
   validate_config(config, jax.process_count(), len(devices))
   try:
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)

@@ -48,8 +48,14 @@ def prediction_to_pixels(pred: np.ndarray, images: np.ndarray, patch_size: int,
 
 def reconstruction_figure(images: np.ndarray, pred: np.ndarray,
                           mask: np.ndarray, patch_size: int,
-                          norm_pix: bool) -> np.ndarray:
-  """(B, H, W, 3) normalised images + model output -> one uint8 figure."""
+                          norm_pix: bool,
+                          visible_predicted: bool = True) -> np.ndarray:
+  """(B, H, W, 3) normalised images + model output -> one uint8 figure.
+
+  `visible_predicted=False` (a CAE, whose decoder predicts the masked
+  patches only): the reconstruction panel leaves the visible patches blank,
+  as the masked input leaves the masked ones.
+  """
   images = np.asarray(images, np.float32)
   b, h, w, _ = images.shape
   grid_hw = (h // patch_size, w // patch_size)
@@ -62,8 +68,17 @@ def reconstruction_figure(images: np.ndarray, pred: np.ndarray,
                  patch_size ** 2 * 3, axis=-1), patch_size, grid_hw))
   masked = images * (1 - mask_pixels)
   pasted = masked + recon * mask_pixels
-  panels = [masked, recon, pasted, images]
-  figure = np.ones((b * (h + GAP) - GAP, 4 * (w + GAP) - GAP, 3), np.float32)
+  if not visible_predicted:
+    recon = recon * mask_pixels
+  return panels_figure([masked, recon, pasted, images])
+
+
+def panels_figure(panels: list[np.ndarray]) -> np.ndarray:
+  """Panels of (B, H, W, 3) normalised images -> one uint8 figure, a column
+  per panel and a row per image."""
+  b, h, w, _ = panels[0].shape
+  figure = np.ones((b * (h + GAP) - GAP, len(panels) * (w + GAP) - GAP, 3),
+                   np.float32)
   for col, panel in enumerate(panels):
     # A diverging model predicts inf/nan: show it as black, not as an error.
     shown = np.nan_to_num(transforms.denormalize(panel), nan=0.0)
@@ -189,6 +204,12 @@ def main(argv: list[str] | None = None):
   convert.add_model_arguments(parser)
   args = parser.parse_args(argv)
   config, params = convert.load_from_arguments(args.checkpoint, args)
+  if config.mode == "pretrain" and models.method_of(config.model) != "mae":
+    raise ValueError(
+        f"{args.checkpoint} is a {models.method_of(config.model).upper()} "
+        "checkpoint: this command draws an MAE's reconstructions. A CAE "
+        "run writes its own figures (reconstruction_*.png and "
+        "all_patches_*.png) to its workdir while it trains.")
   if config.mode != "pretrain" or "decoder" not in params:
     raise ValueError(
         f"{args.checkpoint} has no decoder (a classifier or a pretrained "

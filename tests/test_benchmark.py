@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import pytest
 
 from mae_jax import benchmark
-from testing_utils import tiny_config
+from testing_utils import tiny_cae_config, tiny_config
 
 
 def test_run_reports_speed_flops_and_utilisation():
@@ -41,3 +41,10 @@ def test_model_name_uses_the_size_table():
   assert benchmark.model_name(tiny_config().model) == "vit-w32-d2/4"
   from configs import common
   assert benchmark.model_name(common.mae_model("large/16")) == "large/16"
+
+
+def test_cae_configs_run_too():
+  result = benchmark.run(tiny_cae_config(batch_size=8), steps=1, warmup=1,
+                         peak_flag=1.0)
+  assert result["decoder"] == "regressor 1x32 + decoder 1x32"
+  assert result["img_per_s"] > 0

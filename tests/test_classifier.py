@@ -165,3 +165,14 @@ def test_attentive_probe_head_is_pooling_then_batch_norm_and_linear():
   assert "norm" in params["encoder"]["transformer"]  # final-norm tokens
   assert set(variables["batch_stats"]["head_norm"]) == {"mean", "var"}
   assert params["head"]["kernel"].shape == (32, 10)
+
+
+def test_the_encoder_takes_cae_options():
+  config = tiny_classifier_config("finetune").model
+  config.update(layer_scale_init=0.1, key_bias=False, sincos_order="h_first")
+  _, variables = _init(config)
+  encoder = variables["params"]["encoder"]
+  block = encoder["transformer"]["blocks_0"]
+  np.testing.assert_array_equal(block["layer_scale_attn"], np.float32(0.1))
+  np.testing.assert_array_equal(encoder["pos_embed"][0, 1:],
+                                vit.sincos_pos_embed_2d(32, 4, 4, "h_first"))

@@ -8,8 +8,10 @@ import pytest
 from mae_jax import checkpointing
 from mae_jax import initialization
 from mae_jax import models
+from mae_jax import tasks
+from mae_jax import train
 from mae_jax.models import vit
-from testing_utils import tiny_classifier_config, tiny_model
+from testing_utils import tiny_cae_config, tiny_classifier_config, tiny_model
 
 
 def _pretraining_checkpoint(workdir, **model_overrides):
@@ -190,3 +192,61 @@ def test_resize_pos_embed_matches_torch_bicubic():
   np.testing.assert_allclose(
       initialization.resize_pos_embed(table, (12, 10))[:, 1:],
       _torch_bicubic(table, (12, 10)), rtol=1e-5, atol=1e-5)
+
+
+def _cae_checkpoint(workdir):
+  """A workdir holding an (untrained) tiny CAE's checkpoint."""
+  config = tiny_cae_config()
+  task = tasks.make_task(config, train.AXIS)
+  params, _ = task.init_variables(jax.random.key(5), False)
+  checkpointing.save_params(str(workdir), config, jax.device_get(params))
+  return config, jax.device_get(params)
+
+
+def test_classifiers_adopt_the_encoder_options_of_init_from(tmp_path):
+  _, params = _cae_checkpoint(tmp_path)
+  config = tiny_classifier_config("finetune", init_from=str(tmp_path))
+  config.model.image_size = 24
+  adopted = initialization.adopt_encoder_options(config)
+  assert (adopted.model.layer_scale_init, adopted.model.key_bias,
+          adopted.model.sincos_order) == (0.1, False, "h_first")
+  assert config.model.layer_scale_init == 0.0  # the given config is kept
+  loaded = initialization.load_pretrained_encoder(
+      str(tmp_path), _fresh_classifier(adopted.model), adopted.model)
+  block = loaded["encoder"]["transformer"]["blocks_0"]
+  np.testing.assert_array_equal(
+      block["layer_scale_mlp"],
+      params["encoder"]["transformer"]["blocks_0"]["layer_scale_mlp"])
+  # The fine-tuned position embedding starts from CAE's table (h first).
+  np.testing.assert_array_equal(
+      loaded["encoder"]["pos_embed"][0, 1:],
+      vit.sincos_pos_embed_2d(32, 6, 6, "h_first"))
+
+
+def test_without_adopting_a_cae_encoder_names_the_layer_scales(tmp_path):
+  _cae_checkpoint(tmp_path)
+  model_config = tiny_classifier_config("finetune").model
+  model_config.image_size = 24
+  with pytest.raises(ValueError, match="layer_scale_attn: in the checkpoint"):
+    initialization.load_pretrained_encoder(
+        str(tmp_path), _fresh_classifier(model_config), model_config)
+
+
+def test_checkpoints_from_before_the_options_count_as_mae(tmp_path):
+  _pretraining_checkpoint(tmp_path)
+  stored = checkpointing.load_config(str(tmp_path))
+  for name in initialization.ENCODER_OPTIONS:
+    del stored.model[name]  # as written before the options existed
+  checkpointing.save_params(str(tmp_path / "old"), stored,
+                            checkpointing.load_params(str(tmp_path))[1])
+  config = tiny_classifier_config("linear_probe",
+                                  init_from=str(tmp_path / "old"))
+  config.model.update(layer_scale_init=0.1, sincos_order="h_first")
+  adopted = initialization.adopt_encoder_options(config)
+  assert (adopted.model.layer_scale_init, adopted.model.key_bias,
+          adopted.model.sincos_order) == (0.0, True, "w_first")
+
+
+def test_pretraining_and_runs_without_init_from_keep_their_config():
+  for config in (tiny_cae_config(), tiny_classifier_config("finetune")):
+    assert initialization.adopt_encoder_options(config) is config

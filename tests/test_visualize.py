@@ -9,8 +9,11 @@ from mae_jax import convert
 from mae_jax import losses
 from mae_jax import models
 from mae_jax import patches
+from mae_jax import tasks
+from mae_jax import train
 from mae_jax import visualize
 from mae_jax.data import transforms
+from testing_utils import tiny_cae_config
 
 
 def _images(b=2, size=8, seed=0):
@@ -149,5 +152,36 @@ def test_cli_refuses_a_checkpoint_without_decoder(tmp_path):
       dict(model=config, mode="pretrain")), {"encoder": params["encoder"]})
   with pytest.raises(ValueError, match="has no decoder"):
     visualize.main([f"--checkpoint={tmp_path / 'ours'}",
+                    f"--image={_photo(tmp_path / 'photo.png')}",
+                    f"--out={tmp_path / 'fig.png'}"])
+
+
+def test_a_decoder_of_the_masked_patches_leaves_the_visible_ones_blank():
+  images = _images()
+  pred = np.ones((2, 4, 48), np.float32)
+  mask = np.asarray([[1, 0, 0, 0], [0, 0, 0, 1]], np.float32)
+  figure = visualize.reconstruction_figure(images, pred, mask, 4,
+                                           norm_pix=False,
+                                           visible_predicted=False)
+  masked, recon, pasted, _ = _panels(figure, 2, 8)[0]
+  np.testing.assert_array_equal(recon[4:, 4:], masked[:4, :4])  # blank
+  np.testing.assert_array_equal(recon[:4, :4], pasted[:4, :4])  # predicted
+
+
+def test_panels_figure_puts_a_column_per_panel():
+  images = _images()
+  figure = visualize.panels_figure([images, -images])
+  assert figure.shape == (2 * 8 + 2, 2 * 8 + 2, 3)
+  np.testing.assert_array_equal(figure[:8, :8], _as_uint8(images)[0])
+
+
+def test_cli_refuses_a_cae_checkpoint(tmp_path):
+  config = tiny_cae_config()
+  params = tasks.make_task(config, train.AXIS).init_variables(
+      jax.random.key(0), False)[0]
+  checkpointing.save_params(str(tmp_path / "cae"), config,
+                            jax.device_get(params))
+  with pytest.raises(ValueError, match="is a CAE checkpoint.*its workdir"):
+    visualize.main([f"--checkpoint={tmp_path / 'cae'}",
                     f"--image={_photo(tmp_path / 'photo.png')}",
                     f"--out={tmp_path / 'fig.png'}"])

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 
 import chex
+import flax
 import jax
 import ml_collections
 import numpy as np
@@ -69,6 +70,19 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
   return config
 
 
+def tiny_cae_config(**overrides) -> ml_collections.ConfigDict:
+  """A CAE pretraining run on digits that takes a few seconds: 24x24
+  images, the 6x6 patches that block masking needs (18 of 36 masked)."""
+  config = tiny_config()
+  config.model = common.cae_model(
+      "tiny/4", image_size=24, width=32, depth=2, num_heads=2, mlp_dim=64,
+      regressor_depth=1, decoder_depth=1, decoder_num_heads=2,
+      target="pixels", dtype="float32")
+  config.optimizer.update(lr_scaling="none", grad_clip_norm=3.0)
+  config.update(overrides)
+  return config
+
+
 def tiny_classifier_config(mode: str = "finetune", **overrides
                            ) -> ml_collections.ConfigDict:
   """A linear or attentive probe or a fine-tuning on digits with the tiny
@@ -111,20 +125,23 @@ def tiny_knn_config(**overrides) -> ml_collections.ConfigDict:
 def _split_key_bias(params):
   """(params without the key biases, the key biases).
 
-  Softmax ignores a shift of the logits, so the key bias has a true gradient
+  Softmax ignores a shift of the logits, so a key bias has a true gradient
   of exactly zero; its computed gradient is float noise that depends on the
-  reduction order, and Adam scales that noise up to ~lr per step.
+  reduction order, and Adam scales that noise up to ~lr per step. Key biases
+  are the k third of a fused qkv bias and, in CAE's regressor, the bias of
+  the keys' own LayerNorm and projection.
   """
-  params = jax.tree.map(np.asarray, params)
-  key_biases = []
-  for part in ("encoder", "decoder"):
-    blocks = params[part]["transformer"]
-    for name in [n for n in blocks if n.startswith("blocks_")]:
-      qkv = blocks[name]["attn"]["qkv"]
-      q, k, v = np.split(qkv["bias"], 3)
-      key_biases.append(k)
-      qkv["bias"] = np.concatenate([q, v])
-  return params, key_biases
+  flat = flax.traverse_util.flatten_dict(jax.tree.map(np.asarray, params),
+                                         sep="/")
+  key_biases = {}
+  for name in list(flat):
+    if name.endswith("qkv/bias"):
+      q, k, v = np.split(flat[name], 3)
+      key_biases[name] = k
+      flat[name] = np.concatenate([q, v])
+    elif name.endswith(("norm_k/bias", "cross_attn/k/bias")):
+      key_biases[name] = flat.pop(name)
+  return flat, key_biases
 
 
 def assert_same_trajectory(a, b, config):

@@ -1,8 +1,9 @@
 """ViT classifier for the evaluation protocols (MAE §4 and A.1-A.2; CAE §4.1).
 
-The encoder is the MAE encoder without masking, under the same parameter
-names ('encoder/...'), so a pretraining checkpoint's encoder drops in. Three
-heads, as in the references:
+The encoder is the MAE or CAE encoder without masking, under the same
+parameter names ('encoder/...') and with the same options (layer scale, key
+bias, sin-cos order: models/vit.py), so a pretraining checkpoint's encoder
+drops in. Three heads, as in the references:
 - linear probe: the cls token after the final norm -> BatchNorm without
   affine parameters (eps 1e-6) -> Linear (init std 0.01);
 - attentive probe (CAE): the tokens after the final norm -> one learned
@@ -83,6 +84,9 @@ class ViTClassifier(nn.Module):
   layer_norm_eps: float = 1e-6
   remat: bool = False
   dtype: Dtype = jnp.float32
+  layer_scale_init: float = 0.0
+  key_bias: bool = True
+  sincos_order: str = "w_first"
   # The pmap axis over which the head's BatchNorm averages its batch
   # statistics in training (all devices see one global batch's statistics).
   axis_name: str | None = None
@@ -99,7 +103,8 @@ class ViTClassifier(nn.Module):
         self.patch_size, self.width, self.depth, self.num_heads, self.mlp_dim,
         self.layer_norm_eps, self.remat, self.dtype, self.drop_path_rate,
         pos_embed_grid=(grid, grid) if self.learned_pos_embed else None,
-        name="encoder")
+        layer_scale_init=self.layer_scale_init, key_bias=self.key_bias,
+        sincos_order=self.sincos_order, name="encoder")
     tokens = encoder(images.astype(self.dtype), drop_keys,
                      final_norm=self.pooling != "gap")
     if self.pooling == "cls":
