@@ -169,11 +169,13 @@ def _checkpoint_pos_embed(theirs: dict, stored_model: ml_collections.ConfigDict
                           ) -> np.ndarray:
   """The checkpoint's position table, (1, 1 + h*w, D): its learned
   'pos_embed', or else the fixed sin-cos table of its grid with a zero cls
-  row (what the reference's pretraining checkpoints hold)."""
+  row (what the reference's pretraining checkpoints hold), in the order of
+  the checkpoint's halves (CAE's is h first)."""
   if "pos_embed" in theirs:
     return theirs["pos_embed"]
   grid = patches.grid_size(stored_model.image_size, stored_model.patch_size)
-  table = vit.sincos_pos_embed_2d(stored_model.width, grid, grid)
+  order = stored_model.get("sincos_order", ENCODER_OPTIONS["sincos_order"])
+  table = vit.sincos_pos_embed_2d(stored_model.width, grid, grid, order)
   return np.pad(table, ((1, 0), (0, 0)))[None]
 
 
