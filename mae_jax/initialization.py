@@ -20,6 +20,7 @@ import numpy as np
 
 from mae_jax import checkpointing
 from mae_jax import patches
+from mae_jax.models import dalle
 from mae_jax.models import vit
 
 # Encoder fields that must agree with the checkpoint's for its weights to fit.
@@ -50,7 +51,13 @@ def adopt_encoder_options(config: ml_collections.ConfigDict
   """
   if config.mode == "pretrain" or not config.get("init_from"):
     return config
-  stored = checkpointing.load_config(config.init_from).get("model", {})
+  stored_config = checkpointing.load_config(config.init_from)
+  if stored_config.get("mode") == dalle.TOKENIZER_MODE:
+    raise ValueError(
+        f"init_from={config.init_from} holds the DALL-E tokenizer (CAE's "
+        "model.tokenizer_path), not an encoder; name a pretraining workdir "
+        "or converted encoder weights")
+  stored = stored_config.get("model", {})
   adopted = ml_collections.ConfigDict(config.to_dict())
   for name, default in ENCODER_OPTIONS.items():
     value = stored.get(name, default)

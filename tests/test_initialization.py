@@ -10,6 +10,7 @@ from mae_jax import initialization
 from mae_jax import models
 from mae_jax import tasks
 from mae_jax import train
+from mae_jax.models import dalle
 from mae_jax.models import vit
 from testing_utils import tiny_cae_config, tiny_classifier_config, tiny_model
 
@@ -250,3 +251,13 @@ def test_checkpoints_from_before_the_options_count_as_mae(tmp_path):
 def test_pretraining_and_runs_without_init_from_keep_their_config():
   for config in (tiny_cae_config(), tiny_classifier_config("finetune")):
     assert initialization.adopt_encoder_options(config) is config
+
+
+def test_the_dalle_tokenizer_is_not_taken_for_an_encoder(tmp_path):
+  params = dalle.DalleEncoder(hidden_width=8, blocks_per_group=1).init(
+      jax.random.key(0), np.zeros((1, 8, 8, 3), np.float32))["params"]
+  checkpointing.save_params(str(tmp_path), dalle.encoder_config(
+      hidden_width=8, blocks_per_group=1), jax.device_get(params))
+  config = tiny_classifier_config("linear_probe", init_from=str(tmp_path))
+  with pytest.raises(ValueError, match="holds the DALL-E tokenizer"):
+    initialization.adopt_encoder_options(config)
