@@ -261,3 +261,33 @@ def test_the_dalle_tokenizer_is_not_taken_for_an_encoder(tmp_path):
   config = tiny_classifier_config("linear_probe", init_from=str(tmp_path))
   with pytest.raises(ValueError, match="holds the DALL-E tokenizer"):
     initialization.adopt_encoder_options(config)
+
+
+def test_a_resumed_classifier_takes_the_options_of_its_own_checkpoint(
+    tmp_path):
+  _cae_checkpoint(tmp_path / "cae")
+  config = tiny_classifier_config("finetune", init_from=str(tmp_path / "cae"),
+                                  total_steps=1)
+  config.model.image_size = 24
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  # init_from gone (or not given, as for eval_only): the run's own options.
+  config.init_from = ""
+  adopted = initialization.adopt_encoder_options(config, str(tmp_path / "run"))
+  assert (adopted.model.layer_scale_init, adopted.model.sincos_order) == (
+      0.1, "h_first")
+
+
+def test_a_probe_run_is_not_an_encoder_source(tmp_path):
+  _cae_checkpoint(tmp_path / "cae")
+  probe = tiny_classifier_config("linear_probe",
+                                 init_from=str(tmp_path / "cae"),
+                                 total_steps=1)
+  probe.model.image_size = 24
+  train.train_and_evaluate(probe, str(tmp_path / "probe"))
+  config = tiny_classifier_config("finetune", init_from=str(tmp_path / "probe"))
+  config.model.image_size = 24
+  config = initialization.adopt_encoder_options(config)
+  with pytest.raises(ValueError, match="linear_probe run, whose checkpoints "
+                     "hold only the parameters it trained"):
+    initialization.load_pretrained_encoder(
+        config.init_from, _fresh_classifier(config.model), config.model)
