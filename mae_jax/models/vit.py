@@ -93,10 +93,11 @@ class Dense(nn.Module):
   """A linear layer over the last axis, computed on tokens flattened to 2-D.
 
   Same parameters as `nn.Dense` ('kernel' (in, out) xavier-uniform, 'bias'
-  zeros unless `bias_init` says otherwise). Flattening the leading axes makes XLA:CPU emit the weight gradient
-  in the kernel's own layout; with (B, N, D) inputs it came out transposed
-  and the optimizer then worked in transposed copies of every weight (the
-  MLP's forward, backward and AdamW update were 30% slower).
+  zeros unless `bias_init` says otherwise). Flattening the leading axes
+  makes XLA:CPU emit the weight gradient in the kernel's own layout; with
+  (B, N, D) inputs it came out transposed and the optimizer then worked in
+  transposed copies of every weight (the MLP's forward, backward and AdamW
+  update were 30% slower).
   """
   features: int
   dtype: Dtype = jnp.float32
