@@ -1,4 +1,4 @@
-"""Per-sample random masking inside the compiled step (SPEC §1, MAE §3).
+"""Per-sample random masking inside the compiled step (MAE §3).
 
 noise -> argsort -> keep the first `len_keep` -> gather; `ids_restore` undoes
 the shuffle. Shapes are static (len_keep depends only on L and the ratio), so
@@ -9,6 +9,30 @@ holds it, so a run follows the same trajectory on 1 or on 8 devices.
 
 import jax
 import jax.numpy as jnp
+
+from mae_jax import platforms
+
+
+def _take_by_loop(tokens, indices):
+  return jnp.take_along_axis(tokens, indices[..., None], axis=1)
+
+
+def _take_by_matmul(tokens, indices):
+  # Exact: each output row is one token times 1.0 (float32 accumulation).
+  one_hot = jax.nn.one_hot(indices, tokens.shape[1], dtype=tokens.dtype)
+  return jnp.einsum("bkl,bld->bkd", one_hot, tokens,
+                    precision=jax.lax.Precision.HIGHEST)
+
+
+def take_tokens(tokens: jnp.ndarray, indices: jnp.ndarray) -> jnp.ndarray:
+  """(B, L, D) tokens, (B, K) indices -> (B, K, D): tokens[b, indices[b, k]].
+
+  A gather on CPU; on accelerators a one-hot matmul, which XLA:TPU runs
+  almost for free where its gather and the gather's scatter-add gradient cost
+  ~0.5 ms of the ViT-L step (XLA's estimate), for 0.1% more FLOPs.
+  """
+  return platforms.per_platform(tokens, indices, cpu=_take_by_loop,
+                                accelerator=_take_by_matmul)
 
 
 def num_kept(num_patches: int, mask_ratio: float) -> int:
@@ -34,7 +58,7 @@ def random_masking(tokens: jnp.ndarray, noise: jnp.ndarray, len_keep: int):
   ids_shuffle = jnp.argsort(noise, axis=1)
   ids_restore = jnp.argsort(ids_shuffle, axis=1)
   ids_keep = ids_shuffle[:, :len_keep]
-  kept = jnp.take_along_axis(tokens, ids_keep[..., None], axis=1)
+  kept = take_tokens(tokens, ids_keep)
   # Removed tokens are those whose rank in the shuffle is >= len_keep.
   mask = (ids_restore >= len_keep).astype(jnp.float32)
   return kept, mask, ids_restore
@@ -42,7 +66,7 @@ def random_masking(tokens: jnp.ndarray, noise: jnp.ndarray, len_keep: int):
 
 def unshuffle(tokens: jnp.ndarray, ids_restore: jnp.ndarray) -> jnp.ndarray:
   """(B, L, D) tokens in shuffled order -> image order."""
-  return jnp.take_along_axis(tokens, ids_restore[..., None], axis=1)
+  return take_tokens(tokens, ids_restore)
 
 
 def example_keys(rng: jax.Array, step: jnp.ndarray,

@@ -68,3 +68,18 @@ class RandomMaskingTest(chex.TestCase, parameterized.TestCase):
   def test_num_kept_rejects_ratio_of_one(self):
     with self.assertRaisesRegex(ValueError, "mask_ratio"):
       masking.num_kept(16, 1.0)
+
+
+def test_token_gather_by_matmul_equals_the_gather_with_its_gradient():
+  # The accelerator path of `take_tokens` against the CPU one, exactly.
+  tokens = jax.random.normal(jax.random.key(0), (3, 16, 5))
+  indices = jnp.argsort(jax.random.uniform(jax.random.key(1), (3, 16)),
+                        axis=1)[:, :6]
+  cotangent = jax.random.normal(jax.random.key(2), (3, 6, 5))
+
+  def pullback(take):
+    out, vjp = jax.vjp(lambda t: take(t, indices), tokens)
+    return out, vjp(cotangent)
+
+  chex.assert_trees_all_equal(pullback(masking._take_by_matmul),
+                              pullback(masking._take_by_loop))

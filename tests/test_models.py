@@ -164,3 +164,42 @@ def test_gelu_is_the_exact_erf_gelu():
   x = jnp.linspace(-6, 6, 101)
   np.testing.assert_allclose(vit.gelu(x), jax.nn.gelu(x, approximate=False),
                              atol=1e-6)
+
+
+def _weights(d, key):
+  keys = jax.random.split(jax.random.key(key), 4)
+  return (jax.random.normal(keys[0], (d, 3 * d)) / np.sqrt(d),
+          jax.random.normal(keys[1], (3 * d,)),
+          jax.random.normal(keys[2], (d, d)) / np.sqrt(d),
+          jax.random.normal(keys[3], (d,)))
+
+
+def test_cpu_and_accelerator_attention_agree_with_their_gradients():
+  # The two forms `Attention` chooses between by platform (mae_jax/platforms.py).
+  x = jax.random.normal(jax.random.key(0), (2, 7, 16))
+  weights = _weights(16, 1)
+  cotangent = jax.random.normal(jax.random.key(2), (2, 7, 16))
+
+  def pullback(path):
+    fn = lambda *a: path(*a, num_heads=4, dtype=jnp.float32)
+    out, vjp = jax.vjp(fn, x, *weights)
+    return out, vjp(cotangent)
+
+  chex.assert_trees_all_close(pullback(vit._attention_per_head),
+                              pullback(vit._attention_on_flat_tokens),
+                              rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_and_accelerator_dense_agree_with_their_gradients():
+  x = jax.random.normal(jax.random.key(3), (2, 5, 8))
+  kernel = jax.random.normal(jax.random.key(4), (8, 6))
+  bias = jax.random.normal(jax.random.key(5), (6,))
+  cotangent = jax.random.normal(jax.random.key(6), (2, 5, 6))
+
+  def pullback(path):
+    out, vjp = jax.vjp(path, x, kernel, bias)
+    return out, vjp(cotangent)
+
+  chex.assert_trees_all_close(pullback(vit._dense_on_last_axis),
+                              pullback(vit._dense_on_flat_tokens),
+                              rtol=1e-5, atol=1e-5)
