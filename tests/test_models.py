@@ -125,6 +125,33 @@ class ModelTest(chex.TestCase, parameterized.TestCase):
     out = encoder.apply({"params": params["encoder"]}, jnp.ones((1, 24, 24, 3)))
     chex.assert_shape(out, (1, 1 + 36, 32))
 
+  def test_encoder_mask_tokens_encode_every_patch(self):
+    # MAE Table 1c "w/ [M]": 1 + L encoder tokens instead of 1 + L/4.
+    model = models.build(tiny_model(encoder_mask_tokens=True))
+    params, _ = _init(model)
+    self.assertIn("mask_token", params)
+    self.assertNotIn("mask_token", params["decoder"])  # no tokens to add
+    images = jax.random.normal(jax.random.key(6), (2, 16, 16, 3))
+    noise = jax.random.uniform(jax.random.key(7), (2, 16))
+    latent, mask, _ = model.apply({"params": params}, images, noise,
+                                  method=models.MAE.encode)
+    chex.assert_shape(latent, (2, 1 + 16, 32))
+    plain = models.build(tiny_model())
+    plain_latent, _, _ = plain.apply({"params": _init(plain)[0]}, images,
+                                     noise, method=models.MAE.encode)
+    chex.assert_shape(plain_latent, (2, 1 + 4, 32))
+
+    # The encoder never sees a removed patch's pixels, only the mask token.
+    removed = jnp.repeat(jnp.repeat(mask.reshape(2, 4, 4), 4, 1), 4, 2)
+    altered = images + 5.0 * removed[..., None]
+    pred = lambda x: model.apply({"params": params}, x, noise).pred
+    np.testing.assert_allclose(pred(altered), pred(images), atol=1e-5)
+
+    loss, grads = jax.value_and_grad(lambda p: model.apply(
+        {"params": p}, images, noise).loss)(params)
+    self.assertTrue(np.isfinite(loss))
+    self.assertGreater(float(jnp.abs(grads["mask_token"]).sum()), 0.0)
+
   def test_unknown_dtype_is_rejected(self):
     with self.assertRaisesRegex(ValueError, "bfloat16"):
       models.compute_dtype("float8")
