@@ -10,6 +10,13 @@ the tests) each is told `--coordinator_address=HOST:PORT --num_processes=N
 --process_id=I`, with the address of process 0.
 """
 
+# pylint: disable=g-import-not-at-top,wrong-import-position
+if __name__ == "__main__":
+  # glibc's huge-page malloc (mae_jax/huge_pages.py) needs a re-execution,
+  # done before the heavy imports, which the new process repeats.
+  from mae_jax import huge_pages
+  huge_pages.reexec_with_huge_page_malloc()
+
 import logging as py_logging
 
 import jax
