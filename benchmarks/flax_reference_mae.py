@@ -38,12 +38,6 @@ from mae_jax import tpu_estimate
 from mae_jax.models import vit
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "A pretraining configs/*.py.",
-                                lock_config=True)
-flags.DEFINE_string("topology", "v3-8", "A topology of mae_jax.tpu_estimate.")
-flags.DEFINE_string("pod", None, "The pod the recipe runs on; default: "
-                    "--topology.")
-flags.mark_flags_as_required(["config"])
 
 xavier = nn.initializers.xavier_uniform()
 
@@ -101,7 +95,10 @@ class StockFlaxMAE(nn.Module):
     return patches.grid_size(self.image_size, self.patch_size) ** 2
 
   @nn.compact
-  def __call__(self, images, noise):
+  def __call__(self, images, noise, drop_keys=None):
+    if drop_keys is not None:
+      raise ValueError("the stock-Flax reference has no drop path; use "
+                       "--config.model.drop_path_rate=0")
     grid = patches.grid_size(self.image_size, self.patch_size)
     target = patches.patchify(images, self.patch_size)
     x = nn.Dense(self.width, dtype=self.dtype, kernel_init=xavier)(
@@ -163,4 +160,14 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Defined here, not at import: the tests import this module next to
+  # mae_jax.benchmark, which has flags of the same names.
+  config_flags.DEFINE_config_file("config", None,
+                                  "A pretraining configs/*.py.",
+                                  lock_config=True)
+  flags.DEFINE_string("topology", "v3-8",
+                      "A topology of mae_jax.tpu_estimate.")
+  flags.DEFINE_string("pod", None, "The pod the recipe runs on; default: "
+                      "--topology.")
+  flags.mark_flags_as_required(["config"])
   app.run(main)

@@ -16,7 +16,6 @@ def get_config():
                                   layer_decay=0.75, drop_path_rate=0.1)
   demo.adapt_classifier(config)
   config.augment.mix_group_size = 16  # divides the batch on up to 8 devices
-  config.total_steps = 400
-  config.warmup_steps = 40
+  common.in_steps(config, total=400, warmup=40)
   config.checkpoint_every_steps = 200
   return config

@@ -14,8 +14,7 @@ from configs import demo
 def get_config():
   config = common.linear_probe_config("tiny/4")
   demo.adapt_classifier(config)
-  config.total_steps = 600
-  config.warmup_steps = 60
+  common.in_steps(config, total=600, warmup=60)
   config.optimizer.base_lr = 4.0
   config.checkpoint_every_steps = 300
   return config

@@ -34,12 +34,14 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from mae_jax import cli
 from mae_jax import devices as devices_lib
 from mae_jax import models
 from mae_jax import optim
 from mae_jax import tasks
 from mae_jax import tpu_estimate
 from mae_jax import train
+from mae_jax.data import throughput
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file.",
@@ -56,6 +58,9 @@ flags.DEFINE_enum("pod", None, sorted(tpu_estimate.TOPOLOGIES),
                   "With --topology: the slice the recipe runs on, which sets "
                   "the per-device batch and the recipe's wall-clock; default: "
                   "--topology.")
+flags.DEFINE_bool("input_only", False,
+                  "Time the config's input pipeline alone (img/s on this "
+                  "host), not the train step.")
 flags.mark_flags_as_required(["config"])
 
 # Dense peak TFLOP/s per JAX device: (bfloat16, float32). A float32 matmul
@@ -124,16 +129,17 @@ def run(config, steps: int, warmup: int, peak_flag: float) -> dict:
       axis_name=train.AXIS, donate_argnums=(0,))
 
   per_device = config.batch_size // len(devices)
-  size = config.model.image_size
   rng = np.random.default_rng(0)
-  batch = devices_lib.shard({
-      "image": rng.integers(0, 256, (len(devices), per_device, size, size, 3),
-                            dtype=np.uint8),
-      "label": rng.integers(0, config.model.get("num_classes", 1),
-                            (len(devices), per_device), dtype=np.int32),
-      "example_id": np.arange(config.batch_size, dtype=np.int32).reshape(
-          len(devices), per_device),
-  }, devices)
+  shapes = tpu_estimate.batch_shapes(config, per_device)
+  batch = {
+      name: rng.integers(0, 256, (len(devices),) + shape.shape,
+                         dtype=np.uint8)
+      for name, shape in shapes.items() if shape.dtype == np.uint8}
+  batch["label"] = rng.integers(0, config.model.get("num_classes", 1),
+                                (len(devices), per_device), dtype=np.int32)
+  batch["example_id"] = np.arange(config.batch_size, dtype=np.int32).reshape(
+      len(devices), per_device)
+  batch = devices_lib.shard(batch, devices)
   state = devices_lib.replicate(state, devices)
   step_rng = devices_lib.replicate(jax.random.key(1), devices)
 
@@ -180,7 +186,12 @@ def run(config, steps: int, warmup: int, peak_flag: float) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if FLAGS.topology:
+  if FLAGS.input_only:
+    result = throughput.images_per_second(
+        FLAGS.config.data, batch_size=FLAGS.config.batch_size,
+        image_size=FLAGS.config.model.image_size, steps=FLAGS.steps,
+        warmup=FLAGS.warmup)
+  elif FLAGS.topology:
     result = tpu_estimate.estimate(FLAGS.config, FLAGS.topology, FLAGS.pod)
   elif FLAGS.pod:
     raise app.UsageError("--pod goes with --topology")
@@ -190,4 +201,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_absl(main)

@@ -12,6 +12,7 @@ from typing import Any, Iterator, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 AXIS = "batch"
 
@@ -59,3 +60,10 @@ def prefetch_to_devices(iterator: Iterator, devices: Sequence[Any],
     yield queue.popleft()
     for batch in itertools.islice(iterator, 1):
       queue.append(shard(batch, devices))
+
+
+def summed_over_processes(count: int) -> int:
+  """A per-process count summed over all processes (every one must call)."""
+  if jax.process_count() == 1:
+    return count
+  return int(np.sum(multihost_utils.process_allgather(np.int64(count))))

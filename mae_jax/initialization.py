@@ -1,11 +1,15 @@
 """A classifier's encoder from a pretraining checkpoint (`config.init_from`).
 
-The encoder's parameters are copied by name, the decoder is dropped, the
-head stays freshly initialised. At another resolution than the pretraining's,
-the fixed sin-cos position table is simply generated for the new grid; a
-learned position embedding in the checkpoint (a fine-tuned model's) is
-resized bicubically on the grid, the cls row kept, as the reference's
-`interpolate_pos_embed` does.
+The encoder's options (layer scale, key bias, sin-cos order: models/vit.py)
+are taken from the checkpoint's config first (`adopt_encoder_options`), so
+that a CAE encoder drops into the MAE recipes' classifiers. Then the
+encoder's parameters are copied by name, the decoder (and a CAE's regressor)
+is dropped, the head stays freshly initialised. At another resolution than
+the checkpoint's, its position table (a learned one, or the fixed sin-cos
+table of its grid, which a pretraining checkpoint of the reference stores)
+is resized bicubically on the grid, the cls row kept, as the reference's
+`util/pos_embed.py interpolate_pos_embed` does; `pos_embed_resize='sincos'`
+starts from the sin-cos table of the new grid instead.
 """
 
 from absl import logging
@@ -15,9 +19,47 @@ import ml_collections
 import numpy as np
 
 from mae_jax import checkpointing
+from mae_jax import patches
+from mae_jax.models import vit
 
 # Encoder fields that must agree with the checkpoint's for its weights to fit.
 _ENCODER_FIELDS = ("patch_size", "width", "depth", "num_heads", "mlp_dim")
+# What `load_pretrained_encoder` does with the checkpoint's position table at
+# another resolution: 'bicubic' resizes it (the reference), 'sincos' takes
+# the sin-cos table of the new grid.
+POS_EMBED_RESIZES = ("bicubic", "sincos")
+
+
+# Encoder options a classifier takes from its init_from checkpoint, with the
+# values of checkpoints written before the options existed (MAE's).
+ENCODER_OPTIONS = {"layer_scale_init": 0.0, "key_bias": True,
+                   "sincos_order": "w_first"}
+
+
+def adopt_encoder_options(config: ml_collections.ConfigDict
+                          ) -> ml_collections.ConfigDict:
+  """`config`, or for a linear probe or fine-tuning with `init_from`, a copy
+  whose model has the encoder options of init_from's checkpoint (logged
+  where they change).
+
+  The options decide which parameters the encoder has (layer scale) and
+  what it computes (the sin-cos table), so the pretraining's must be used.
+  Run before the task is built and on every resume alike, the adopted
+  config is also what the workdir's checkpoints store and are checked
+  against.
+  """
+  if config.mode == "pretrain" or not config.get("init_from"):
+    return config
+  stored = checkpointing.load_config(config.init_from).get("model", {})
+  adopted = ml_collections.ConfigDict(config.to_dict())
+  for name, default in ENCODER_OPTIONS.items():
+    value = stored.get(name, default)
+    if adopted.model[name] != value:
+      logging.info("Encoder option model.%s=%r from init_from=%s (the config "
+                   "had %r).", name, value, config.init_from,
+                   adopted.model[name])
+      adopted.model[name] = value
+  return adopted
 
 
 def _cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:
@@ -61,11 +103,16 @@ def resize_pos_embed(pos_embed: np.ndarray, grid: tuple[int, int]
 
 
 def load_pretrained_encoder(init_from: str, params,
-                            model_config: ml_collections.ConfigDict):
+                            model_config: ml_collections.ConfigDict,
+                            pos_embed_resize: str = "bicubic"):
   """`params` with 'encoder' replaced by the checkpoint's encoder.
 
-  Raises ValueError naming every parameter that is missing or does not fit.
+  `pos_embed_resize` is one of POS_EMBED_RESIZES. Raises ValueError naming
+  every parameter that is missing or does not fit.
   """
+  if pos_embed_resize not in POS_EMBED_RESIZES:
+    raise ValueError(f"pos_embed_resize={pos_embed_resize!r}; use one of "
+                     f"{POS_EMBED_RESIZES}")
   stored_config, stored_params = checkpointing.load_params(init_from)
   stored_model = stored_config.model
   if stored_model.patch_size != model_config.patch_size:
@@ -79,10 +126,14 @@ def load_pretrained_encoder(init_from: str, params,
                      f"(found {sorted(stored_params)})")
   ours = flax.traverse_util.flatten_dict(params["encoder"], sep="/")
   theirs = flax.traverse_util.flatten_dict(stored_params["encoder"], sep="/")
+  table = _checkpoint_pos_embed(theirs, stored_model)
   loaded, problems = {}, []
   for name, value in ours.items():
-    if name == "pos_embed":
-      loaded[name] = _pos_embed(theirs.get(name), value, model_config)
+    if name == "pos_embed" and table.shape[-1] != value.shape[-1]:
+      problems.append(f"encoder/pos_embed: checkpoint {table.shape} vs model "
+                      f"{value.shape}")
+    elif name == "pos_embed":
+      loaded[name] = _pos_embed(table, value, pos_embed_resize)
     elif name not in theirs:
       problems.append(f"encoder/{name}: not in the checkpoint")
     elif theirs[name].shape != value.shape:
@@ -106,27 +157,55 @@ def load_pretrained_encoder(init_from: str, params,
         f"the encoder in init_from={init_from} ({fields}) does not fit the "
         "configured model:\n  " + "\n  ".join(problems[:20]) +
         "\nSet --config.model to the checkpoint's sizes.")
+  if "pos_embed" not in ours:
+    _check_fixed_table_fits(table, model_config, pos_embed_resize)
   logging.info("Initialised %d encoder tensors from %s; the head is new.",
                len(loaded), init_from)
   return {**params, "encoder": flax.traverse_util.unflatten_dict(
       loaded, sep="/")}
 
 
-def _pos_embed(stored: np.ndarray | None, initial: np.ndarray,
-               model_config: ml_collections.ConfigDict) -> np.ndarray:
-  """A learned position embedding for the model's grid."""
-  grid = int(round(np.sqrt(initial.shape[1] - 1)))
-  if stored is None:
-    logging.info("No learned pos_embed in the checkpoint: starting from the "
-                 "sin-cos table of the %dx%d grid.", grid, grid)
-    return initial
-  if stored.shape == initial.shape:
-    return stored
-  if stored.shape[-1] != initial.shape[-1]:
-    raise ValueError(f"encoder/pos_embed: checkpoint {stored.shape} vs model "
-                     f"{initial.shape}")
-  logging.info("Resizing the learned pos_embed from %d to %dx%d positions "
-               "(bicubic) for image_size=%d.", stored.shape[1] - 1, grid, grid,
-               model_config.image_size)
-  return resize_pos_embed(stored, (grid, grid))
+def _checkpoint_pos_embed(theirs: dict, stored_model: ml_collections.ConfigDict
+                          ) -> np.ndarray:
+  """The checkpoint's position table, (1, 1 + h*w, D): its learned
+  'pos_embed', or else the fixed sin-cos table of its grid with a zero cls
+  row (what the reference's pretraining checkpoints hold)."""
+  if "pos_embed" in theirs:
+    return theirs["pos_embed"]
+  grid = patches.grid_size(stored_model.image_size, stored_model.patch_size)
+  table = vit.sincos_pos_embed_2d(stored_model.width, grid, grid)
+  return np.pad(table, ((1, 0), (0, 0)))[None]
 
+
+def _check_fixed_table_fits(table: np.ndarray,
+                            model_config: ml_collections.ConfigDict,
+                            pos_embed_resize: str):
+  """A model with the fixed sin-cos table (learned_pos_embed=False) has no
+  parameter to hold a resized checkpoint table: at another resolution, say
+  so rather than silently use another table than the reference."""
+  grid = patches.grid_size(model_config.image_size, model_config.patch_size)
+  if table.shape[1] - 1 != grid * grid and pos_embed_resize == "bicubic":
+    raise ValueError(
+        f"the checkpoint's position table has {table.shape[1] - 1} positions, "
+        f"the model {grid}x{grid}; the reference resizes the checkpoint's "
+        "table (bicubic), which needs --config.model.learned_pos_embed=True "
+        "(a linear probe keeps it frozen); or set "
+        "--config.pos_embed_resize=sincos for the sin-cos table of the new "
+        "grid")
+
+
+def _pos_embed(table: np.ndarray, initial: np.ndarray,
+               pos_embed_resize: str) -> np.ndarray:
+  """The checkpoint's position table for the model's grid; `initial` is the
+  model's own (the sin-cos table of its grid, zero cls row)."""
+  if table.shape == initial.shape:
+    return table
+  grid = int(round(np.sqrt(initial.shape[1] - 1)))
+  if pos_embed_resize == "sincos":
+    logging.info("pos_embed_resize=sincos: starting from the sin-cos table "
+                 "of the %dx%d grid, not the checkpoint's %d positions.",
+                 grid, grid, table.shape[1] - 1)
+    return initial
+  logging.info("Resizing the checkpoint's position table from %d positions "
+               "to %dx%d (bicubic).", table.shape[1] - 1, grid, grid)
+  return resize_pos_embed(table, (grid, grid)).astype(initial.dtype)

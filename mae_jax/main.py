@@ -4,10 +4,14 @@ Every config value can be overridden, e.g. `--config.batch_size=1024`; an
 unknown key is an error. Running the same command again resumes from the
 latest checkpoint in DIR.
 
-Several processes (one per host of a TPU pod) run the same command. On Cloud
-TPU VMs they find each other on their own; elsewhere (a GPU or CPU cluster,
-the tests) each is told `--coordinator_address=HOST:PORT --num_processes=N
---process_id=I`, with the address of process 0.
+Several processes (one per host of a TPU pod) run the same command. On the
+hosts of a TPU slice they find each other on their own; elsewhere (a GPU or
+CPU cluster, the tests) each is told `--coordinator_address=HOST:PORT
+--num_processes=N --process_id=I`, with the address of process 0, and
+`--num_processes=1` alone runs one process where that cannot be told.
+
+A mistake in the input ends the run with a line saying what to do
+(`mae_jax/cli.py`); `--verbosity=1` shows the traceback too.
 """
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -25,7 +29,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from mae_jax import train
+from mae_jax import cli
+from mae_jax import cluster
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None,
@@ -40,57 +45,23 @@ flags.DEFINE_string("coordinator_address", None,
                     "outside Cloud TPU (where they are found automatically).")
 flags.DEFINE_integer("num_processes", None,
                      "How many processes run together (with "
-                     "--coordinator_address).")
+                     "--coordinator_address); 1 alone: this process runs "
+                     "alone, whatever the machine.")
 flags.DEFINE_integer("process_id", None,
                      "This process's index in 0..num_processes-1 (with "
                      "--coordinator_address).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _on_cloud_tpu_vm() -> bool:
-  """True on a Cloud TPU VM, where `jax.distributed` reads the slice's hosts
-  from the metadata server. jax sets this flag when it is imported, from the
-  TPU chips it sees on the PCI bus."""
-  from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
-  return bool(getattr(cloud_tpu_init, "running_in_cloud_tpu_vm", False))
-
-
-def initialize_distributed(coordinator_address: str | None,
-                           num_processes: int | None,
-                           process_id: int | None,
-                           on_cloud_tpu_vm: bool) -> bool:
-  """Connects this process to the others of the run, if there are others.
-
-  Must come before any other JAX call. Returns whether `jax.distributed` was
-  initialised. On CPU, collectives between processes go through gloo (TCP).
-  """
-  explicit = {"--coordinator_address": coordinator_address,
-              "--num_processes": num_processes, "--process_id": process_id}
-  if any(v is not None for v in explicit.values()):
-    missing = [name for name, v in explicit.items() if v is None]
-    if missing:
-      raise app.UsageError(
-          f"{', '.join(missing)} missing: --coordinator_address, "
-          "--num_processes and --process_id go together (every process gets "
-          "the same address and count, and its own id)")
-    if not 0 <= process_id < num_processes:
-      raise app.UsageError(f"--process_id={process_id} must be in 0.."
-                           f"{num_processes - 1} (--num_processes="
-                           f"{num_processes})")
-  elif not on_cloud_tpu_vm:
-    return False  # one process: nothing to connect
-  # gloo is the default in jax 0.10; set explicitly because without a CPU
-  # collectives implementation, cross-process collectives on CPU fail.
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address, num_processes, process_id)
-  return True
-
-
 def main(argv):
+  # Imported here rather than at the top: the input pipeline's worker
+  # processes (started by spawn) import this module again, and need none of
+  # the trainer's libraries (TensorFlow alone is ~0.6 GB per worker).
+  from mae_jax import train  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                         FLAGS.process_id, _on_cloud_tpu_vm())
+  cluster.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                     FLAGS.process_id)
   # orbax narrates every checkpoint at INFO; keep its warnings only.
   logging.get_absl_handler().addFilter(
       lambda r: r.levelno >= py_logging.WARNING or "/orbax/" not in r.pathname)
@@ -101,4 +72,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_absl(main)

@@ -5,6 +5,9 @@ stopped. The train loop asks `PreemptionNotice.reached(step)` after every
 step; once it answers True, the loop saves that step and returns, and running
 the same command again resumes from it, exactly (train.py).
 
+Ctrl-C (SIGINT) does the same: the first one saves and stops; a second one
+stops at once without saving (KeyboardInterrupt).
+
 With several processes, all must stop at the same step, since a checkpoint
 is written by all of them together, while the notice may reach one host
 only. With `jax.distributed` initialised, jax's preemption sync manager does
@@ -12,9 +15,11 @@ this: it catches SIGTERM itself (installed by `jax.distributed.initialize`),
 tells the other processes through the coordination service, and names a step
 (the largest step any process has reached, plus one) at which every process's
 `reached` answers True. A single process catches SIGTERM with a Python
-handler.
+handler. A Ctrl-C reaches one process; with several, it is turned into a
+SIGTERM to that process, which jax's manager then shares.
 """
 
+import os
 import signal
 import threading
 import types
@@ -32,26 +37,40 @@ class PreemptionNotice:
 
   def __init__(self):
     self._received = threading.Event()
-    self._installed = False
-    self._previous_handler = None
+    self._interrupted = False
+    self._previous_handlers = {}
     self._distributed = jax.distributed.is_initialized()
-    if self._distributed:
-      if not jax.config.jax_enable_preemption_service:
-        logging.warning(
-            "jax_enable_preemption_service is off: a SIGTERM stops this run "
-            "without a checkpoint")
+    if self._distributed and not jax.config.jax_enable_preemption_service:
+      logging.warning(
+          "jax_enable_preemption_service is off: a SIGTERM or Ctrl-C stops "
+          "this run without a checkpoint")
       return
     if threading.current_thread() is not threading.main_thread():
-      logging.warning("Training outside the main thread: a SIGTERM stops the "
-                      "run without a checkpoint")
+      logging.warning("Training outside the main thread: a SIGTERM or Ctrl-C "
+                      "stops the run without a checkpoint")
       return
-    self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
-    self._installed = True
+    handlers = {signal.SIGINT: self._on_sigint}
+    if not self._distributed:  # jax's manager catches it otherwise
+      handlers[signal.SIGTERM] = self._on_sigterm
+    for signum, handler in handlers.items():
+      self._previous_handlers[signum] = signal.signal(signum, handler)
 
   def _on_sigterm(self, signum: int, frame: types.FrameType | None):
     del signum, frame
     # The main thread runs this between two bytecodes; the loop does the rest.
     self._received.set()
+
+  def _on_sigint(self, signum: int, frame: types.FrameType | None):
+    del signum, frame
+    if self._interrupted:
+      raise KeyboardInterrupt
+    self._interrupted = True
+    logging.warning("Ctrl-C: saving at the next step, then stopping. Press "
+                    "Ctrl-C again to stop at once without saving.")
+    if self._distributed:
+      os.kill(os.getpid(), signal.SIGTERM)  # to jax's preemption manager
+    else:
+      self._received.set()
 
   def reached(self, step: int) -> bool:
     """True at the step where this run should save and stop."""
@@ -62,11 +81,11 @@ class PreemptionNotice:
     return self._received.is_set()
 
   def close(self):
-    """Gives SIGTERM back to the handler it had before."""
-    if self._installed:
+    """Gives the signals back to the handlers they had before."""
+    for signum, previous in self._previous_handlers.items():
       # None: the previous handler was not set from Python; default then.
-      signal.signal(signal.SIGTERM, self._previous_handler or signal.SIG_DFL)
-      self._installed = False
+      signal.signal(signum, previous or signal.SIG_DFL)
+    self._previous_handlers = {}
 
   def __enter__(self) -> "PreemptionNotice":
     return self

@@ -25,10 +25,16 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mae_jax import durations
 from mae_jax import models
 from mae_jax import optim
 from mae_jax import tasks
 from mae_jax import train
+
+
+# The recipes' data set: ImageNet-1k's training split, whose size turns
+# their epochs into steps (the run reads it from the data set instead).
+IMAGENET_TRAIN_EXAMPLES = 1_281_167
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +149,24 @@ def for_platform(config: ml_collections.ConfigDict, platform: str
   return config
 
 
+def batch_shapes(config: ml_collections.ConfigDict, per_device_batch: int
+                 ) -> dict[str, jax.ShapeDtypeStruct]:
+  """One device's share of a training batch as the input pipeline makes it
+  (CAE's DALL-E target also reads a second, smaller view of each image)."""
+  size = config.model.image_size
+  shapes = {
+      "image": jax.ShapeDtypeStruct((per_device_batch, size, size, 3),
+                                    jnp.uint8),
+      "label": jax.ShapeDtypeStruct((per_device_batch,), jnp.int32),
+      "example_id": jax.ShapeDtypeStruct((per_device_batch,), jnp.int32),
+  }
+  second = config.data.get("second_view_size", 0)
+  if second:
+    shapes["second_view"] = jax.ShapeDtypeStruct(
+        (per_device_batch, second, second, 3), jnp.uint8)
+  return shapes
+
+
 def _abstract_step_inputs(task, config: ml_collections.ConfigDict,
                           schedule, devices: Sequence[Any],
                           per_device_batch: int):
@@ -157,13 +181,7 @@ def _abstract_step_inputs(task, config: ml_collections.ConfigDict,
 
   state = jax.eval_shape(lambda rng: train.create_train_state(
       task, config, rng, schedule, load_init_from=False), jax.random.key(0))
-  size = config.model.image_size
-  batch = {
-      "image": jax.ShapeDtypeStruct((per_device_batch, size, size, 3),
-                                    jnp.uint8),
-      "label": jax.ShapeDtypeStruct((per_device_batch,), jnp.int32),
-      "example_id": jax.ShapeDtypeStruct((per_device_batch,), jnp.int32),
-  }
+  batch = batch_shapes(config, per_device_batch)
   rng = jax.eval_shape(lambda: jax.random.key(0))
   return jax.tree.map(per_device, (state, batch, rng))
 
@@ -207,9 +225,11 @@ def model_flops_per_device(task_factory: Callable, config, per_device_batch:
 
 def estimate(config: ml_collections.ConfigDict, topology_name: str,
              pod_name: str | None = None,
-             task_factory: Callable | None = None) -> dict:
+             task_factory: Callable | None = None,
+             num_examples: int = IMAGENET_TRAIN_EXAMPLES) -> dict:
   """XLA's estimates for `config`'s train step on `topology_name`, with the
-  per-device batch of the recipe on `pod_name` (default: the same slice).
+  per-device batch of the recipe on `pod_name` (default: the same slice);
+  the recipe's epochs are of `num_examples` images.
 
   `task_factory(config) -> task` builds another task (the stock-Flax
   reference in benchmarks/); by default the config's own.
@@ -220,7 +240,11 @@ def estimate(config: ml_collections.ConfigDict, topology_name: str,
     raise ValueError(f"--pod={pod_name} is not the chip of "
                      f"--topology={topology_name}; name a slice of the same "
                      "TPU generation")
-  config = for_platform(config, top.platform)
+  if config.get("eval_only", False):
+    raise ValueError(f"mode={config.mode} with eval_only trains nothing: "
+                     "estimate a pretraining or classification config")
+  config = durations.resolve(for_platform(config, top.platform),
+                             num_examples)
   train.validate_config(config, 1, pod.devices)
   per_device = config.batch_size // pod.devices
   task_factory = task_factory or (
@@ -262,6 +286,7 @@ def estimate(config: ml_collections.ConfigDict, topology_name: str,
       "estimated_step_s": step_s,
       "estimated_img_per_s_per_device": per_device / step_s,
       "estimated_mfu": model_flops / step_s / (top.peak_bf16_tflops * 1e12),
+      "recipe_steps": config.total_steps,
       "estimated_recipe_hours": config.total_steps * step_s / 3600,
       "compile_s": compile_s,
   }
@@ -271,7 +296,12 @@ def describe(config: ml_collections.ConfigDict) -> dict:
   """What a benchmark line measured: mode, model, options and batch."""
   model = config.model
   described = {"mode": config.mode, "model": models.size_name(model)}
-  if config.mode == "pretrain":
+  if config.mode == "pretrain" and models.method_of(model) == "cae":
+    # The regressor and decoder have the encoder's width.
+    described.update(decoder=f"regressor {model.regressor_depth}x"
+                     f"{model.width} + decoder {model.decoder_depth}x"
+                     f"{model.width}", mask_ratio=model.mask_ratio)
+  elif config.mode == "pretrain":
     described.update(decoder=f"{model.decoder_depth}x{model.decoder_width}",
                      mask_ratio=model.mask_ratio,
                      encoder_mask_tokens=model.encoder_mask_tokens)

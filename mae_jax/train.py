@@ -1,16 +1,16 @@
 """One pure train step, pmapped once, and the loop around it, for every mode.
 
-The mode's task (tasks.py) supplies the model, the loss and the initial
-parameters; this module trains it: optimizer, accumulation, checkpoints,
-logging, evaluation (top-1/top-5 for the classification modes) and
-reconstruction figures (pretraining). Randomness enters the step as a key
-that the task folds with the step and each example's global position in the
-batch, so the trajectory does not depend on how many devices share it.
+The mode's task (tasks.py) supplies the model, the loss, the initial
+parameters and its evaluators (evaluators.py); this module trains it:
+durations, optimizer, accumulation, checkpoints, logging, and running the
+evaluators at their intervals. Randomness enters the step as a key that the
+task folds with the step and each example's global position in the batch, so
+the trajectory does not depend on how many devices share it.
 """
 
-import collections
-import functools
 from absl import logging
+import functools
+import hashlib
 import time
 from typing import Any, Callable, Sequence
 
@@ -27,16 +27,18 @@ from flax.training import train_state
 
 from mae_jax import checkpointing
 from mae_jax import devices as devices_lib
+from mae_jax import durations
+from mae_jax import evaluators as evaluators_lib
 from mae_jax import initialization
-from mae_jax import models
+from mae_jax import multihost
 from mae_jax import optim
 from mae_jax import preemption
 from mae_jax import tasks
 from mae_jax import visualize
+from mae_jax import workdir_lock
 from mae_jax import writers
 from mae_jax.data import pipeline
 from mae_jax.data import sources
-from mae_jax.data import transforms
 
 AXIS = devices_lib.AXIS
 
@@ -49,12 +51,16 @@ class TrainState(train_state.TrainState):
 
 @flax.struct.dataclass
 class NonFiniteStep(metrics.Metric):
-  """The first step whose loss was not finite; -1 while all were finite."""
+  """The first step whose loss, gradient or update was not finite; -1 while
+  all were finite. The norms catch a step whose loss was still finite but
+  whose update ruined the parameters, before they are saved."""
   step: jnp.ndarray
 
   @classmethod
-  def from_model_output(cls, loss, step, **_):
-    return cls(jnp.where(jnp.isfinite(loss), -1, step).astype(jnp.int32))
+  def from_model_output(cls, loss, grad_norm, update_norm, step, **_):
+    finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+              & jnp.isfinite(update_norm))
+    return cls(jnp.where(finite, -1, step).astype(jnp.int32))
 
   def merge(self, other):
     return type(self)(jnp.where(self.step >= 0, self.step, other.step))
@@ -64,21 +70,50 @@ class NonFiniteStep(metrics.Metric):
 
 
 @flax.struct.dataclass
+class Averages(metrics.Metric):
+  """Means over steps of the task's extra scalars (e.g. the terms of a
+  composite loss), whatever their names."""
+  totals: dict
+  count: jnp.ndarray
+
+  @classmethod
+  def from_model_output(cls, extra, **_):
+    return cls(extra, jnp.ones((), jnp.int32))
+
+  def merge(self, other):
+    return type(self)(jax.tree.map(jnp.add, self.totals, other.totals),
+                      self.count + other.count)
+
+  def compute(self):
+    return {name: total / self.count for name, total in self.totals.items()}
+
+
+@flax.struct.dataclass
 class TrainMetrics(metrics.Collection):
   loss: metrics.Average.from_output("loss")
   grad_norm: metrics.Average.from_output("grad_norm")
+  update_norm: metrics.Average.from_output("update_norm")
   lr: metrics.LastValue.from_output("lr")
   nonfinite_step: NonFiniteStep
+  extra: Averages
 
 
 def validate_config(config: ml_collections.ConfigDict, process_count: int,
                     local_device_count: int):
-  """Checks what would otherwise fail late, with the fix in the message."""
-  if config.batch_size <= 0:
-    raise ValueError(f"batch_size={config.batch_size} must be positive")
+  """Checks what would otherwise fail late, with the fix in the message.
+
+  A run that only evaluates (`eval_only`; k-NN always) is not asked for the
+  training settings it does not use.
+  """
   if config.mode not in tasks.MODES:
     raise ValueError(f"mode={config.mode!r} is not known; use one of "
                      f"{tasks.MODES}")
+  task = tasks.make_task(config, AXIS)
+  if config.get("eval_only", False):
+    task.validate(micro_batch=None)
+    return
+  if config.batch_size <= 0:
+    raise ValueError(f"batch_size={config.batch_size} must be positive")
   _, per_device = pipeline.local_batch_layout(
       config.batch_size, 0, process_count, local_device_count)
   if per_device % config.grad_accum_steps:
@@ -86,32 +121,14 @@ def validate_config(config: ml_collections.ConfigDict, process_count: int,
         f"the per-device batch ({per_device}) is not divisible by "
         f"grad_accum_steps={config.grad_accum_steps}; choose a divisor of "
         f"{per_device}")
-  if config.total_steps <= 0 or not 0 <= config.warmup_steps <= config.total_steps:
-    raise ValueError(f"need 0 <= warmup_steps ({config.warmup_steps}) <= "
-                     f"total_steps ({config.total_steps}) and total_steps > 0")
-  intervals = ["log_every_steps", "checkpoint_every_steps"]
-  intervals.append("figure_every_steps" if config.mode == "pretrain"
-                   else "eval_every_steps")
-  for name in intervals:
+  durations.check(config)
+  for name in ("log_every_steps", "checkpoint_every_steps"):
     if config[name] <= 0:
       raise ValueError(f"{name}={config[name]} must be positive")
-  if config.mode == "pretrain":
-    return
-  micro_batch = per_device // config.grad_accum_steps
-  group = config.augment.mix_group_size
-  if (config.augment.mixup_alpha > 0 or config.augment.cutmix_alpha > 0) and (
-      micro_batch % group or group % 2):
-    raise ValueError(
-        f"mixup/cutmix draws once per group of augment.mix_group_size={group} "
-        "examples and pairs neighbours inside it, so it must be even and "
-        f"divide the per-device micro-batch ({micro_batch}); set "
-        "--config.augment.mix_group_size to an even divisor of it, or change "
-        "batch_size or grad_accum_steps")
-  depth = config.model.depth
-  if config.mode == "finetune" and not -1 <= config.trainable_blocks <= depth:
-    raise ValueError(f"trainable_blocks={config.trainable_blocks}: use -1 "
-                     f"(fine-tune everything) or 0..{depth} (the last k "
-                     "blocks, the final norm and the head)")
+  if config.resume_step < 0:
+    raise ValueError(f"resume_step={config.resume_step}: use 0 (the newest "
+                     "checkpoint) or a kept step")
+  task.validate(per_device // config.grad_accum_steps)
 
 
 def create_train_state(task, config: ml_collections.ConfigDict,
@@ -119,17 +136,10 @@ def create_train_state(task, config: ml_collections.ConfigDict,
                        load_init_from: bool = True) -> TrainState:
   """Initial parameters and optimizer state, unreplicated.
 
-  A classifier's encoder comes from `config.init_from` when it is set and
-  `load_init_from` (a resumed run restores its own checkpoint instead).
+  With `load_init_from`, the task loads what `config.init_from` names (a
+  resumed run restores what it trained from its own checkpoint instead).
   """
-  params, model_state = task.init_variables(rng)
-  if load_init_from and config.mode != "pretrain":
-    if config.init_from:
-      params = initialization.load_pretrained_encoder(
-          config.init_from, params, config.model)
-    else:
-      logging.warning("config.init_from is empty: the encoder starts from a "
-                      "random initialisation (the from-scratch baseline).")
+  params, model_state = task.init_variables(rng, load_init_from)
   state = TrainState.create(
       apply_fn=task.model.apply, params=params, model_state=model_state,
       tx=optim.make_optimizer(config, schedule, params))
@@ -138,32 +148,37 @@ def create_train_state(task, config: ml_collections.ConfigDict,
 
 def accumulate_gradients(loss_fn: Callable, params, model_state, batch,
                          accum_steps: int):
-  """(mean loss, mean gradient, model state) over `accum_steps` equal
-  micro-batches of `batch`.
+  """(mean loss, mean gradient, (model state, mean extra scalars)) over
+  `accum_steps` equal micro-batches of `batch`.
 
-  `loss_fn(params, model_state, batch) -> (loss, new model_state)`. Splitting
-  the batch inside the step gives the same update as the whole batch at once
-  (the losses are means over equal-sized parts), in less memory; the model
-  state (BatchNorm statistics) is threaded through the micro-batches.
+  `loss_fn(params, model_state, batch) -> (loss, (new model_state, extra
+  scalars))`. Splitting the batch inside the step gives the same update as
+  the whole batch at once (the losses are means over equal-sized parts), in
+  less memory; the model state (BatchNorm statistics) is threaded through
+  the micro-batches.
   """
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if accum_steps == 1:
-    (loss, model_state), grads = grad_fn(params, model_state, batch)
-    return loss, grads, model_state
+    (loss, (model_state, extra)), grads = grad_fn(params, model_state, batch)
+    return loss, grads, (model_state, extra)
   micro = jax.tree.map(
       lambda x: x.reshape((accum_steps, -1) + x.shape[1:]), batch)
 
   def add(carry, micro_batch):
-    loss_sum, grad_sum, model_state = carry
-    (loss, model_state), grads = grad_fn(params, model_state, micro_batch)
-    return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads),
+    sums, model_state = carry
+    (loss, (model_state, extra)), grads = grad_fn(params, model_state,
+                                                  micro_batch)
+    return (jax.tree.map(jnp.add, sums, (loss, grads, extra)),
             model_state), None
 
-  zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params),
-           model_state)
-  (loss, grads, model_state), _ = jax.lax.scan(add, zeros, micro)
-  return loss / accum_steps, jax.tree.map(lambda g: g / accum_steps,
-                                          grads), model_state
+  # The sums start at zero in the shapes of (loss, gradients, extra).
+  (loss, (_, extra)), grads = jax.eval_shape(
+      grad_fn, params, model_state, jax.tree.map(lambda x: x[0], micro))
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                       (loss, grads, extra))
+  (sums, model_state), _ = jax.lax.scan(add, (zeros, model_state), micro)
+  loss, grads, extra = jax.tree.map(lambda s: s / accum_steps, sums)
+  return loss, grads, (model_state, extra)
 
 
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, task,
@@ -172,48 +187,85 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, task,
   """One optimizer step on this device's share of the batch (under pmap).
 
   Only the trainable parameters are differentiated, accumulated and averaged
-  over devices; frozen ones (a linear probe's encoder) enter the loss as
+  over devices; frozen ones (a probe's encoder) enter the loss as
   constants, so no backward pass runs through them and no gradient buffer of
   their size exists.
   """
-  trainable = flax.traverse_util.flatten_dict(
-      optim.trainable_mask(task.config, state.params))
-  flat_params = flax.traverse_util.flatten_dict(state.params)
-  frozen = {k: v for k, v in flat_params.items() if not trainable[k]}
+  trained, frozen = optim.split_frozen(task.config, state.params)
 
   def loss_fn(trained, model_state, batch):
     params = flax.traverse_util.unflatten_dict({**frozen, **trained})
     return task.loss(params, model_state, batch, rng, state.step)
 
-  trained = {k: v for k, v in flat_params.items() if trainable[k]}
-  loss, grads, model_state = accumulate_gradients(
+  loss, grads, (model_state, extra) = accumulate_gradients(
       loss_fn, trained, state.model_state, batch, grad_accum_steps)
-  loss, grads = jax.lax.pmean((loss, grads), AXIS)
+  loss, grads, extra = jax.lax.pmean((loss, grads, extra), AXIS)
   grad_norm = optax.global_norm(grads)
   # The optimizer gives frozen parameters no update (optim.make_optimizer).
   grads = flax.traverse_util.unflatten_dict(
       {**{k: jnp.zeros_like(v) for k, v in frozen.items()}, **grads})
-  new_state = state.apply_gradients(grads=grads, model_state=model_state)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  new_state = state.replace(
+      step=state.step + 1, params=optax.apply_updates(state.params, updates),
+      opt_state=opt_state, model_state=model_state)
   step_metrics = TrainMetrics.single_from_model_output(
-      loss=loss, grad_norm=grad_norm, lr=schedule(state.step),
-      step=state.step + 1)
+      loss=loss, grad_norm=grad_norm, update_norm=optax.global_norm(updates),
+      lr=schedule(state.step), step=state.step + 1, extra=extra)
   return new_state, step_metrics
 
 
-def eval_step(state: TrainState, batch: dict, *, task) -> dict:
-  """Correct top-1/top-5 and example counts over all devices (under pmap)."""
-  counts = task.eval_counts(state.params, state.model_state, batch)
-  return jax.lax.psum(counts, AXIS)
+def frozen_digest(config: ml_collections.ConfigDict, params
+                  ) -> np.ndarray | None:
+  """SHA-256 (32 uint8) of the parameters `config.mode` does not train (a
+  probe's encoder), names, shapes and bytes; None when it trains all."""
+  _, frozen = optim.split_frozen(config, params)
+  if not frozen:
+    return None
+  digest = hashlib.sha256()
+  for path in sorted(frozen):
+    value = np.asarray(jax.device_get(frozen[path]))
+    digest.update(f"{'/'.join(path)}:{value.dtype}:{value.shape}".encode())
+    digest.update(np.ascontiguousarray(value).tobytes())
+  return np.frombuffer(digest.digest(), np.uint8)
 
 
-def checkpoint_tree(state: TrainState) -> dict:
-  """What a checkpoint holds: the step, parameters, optimizer state and,
-  when there is one, the model state."""
-  tree = {"step": state.step, "params": state.params,
+def checkpoint_tree(state: TrainState, config: ml_collections.ConfigDict,
+                    digest: np.ndarray | None) -> dict:
+  """What a checkpoint holds: the step, the trained parameters, optimizer
+  state and, when there is one, the model state.
+
+  Frozen parameters (a probe's encoder: most of the model) are not saved;
+  a resumed or evaluated run loads them from `init_from` again, and their
+  `digest` (`frozen_digest`) in the checkpoint tells whether they are still
+  the ones it was trained with.
+  """
+  trained, _ = optim.split_frozen(config, state.params)
+  tree = {"step": state.step,
+          "params": flax.traverse_util.unflatten_dict(trained),
           "opt_state": state.opt_state}
   if state.model_state:
     tree["model_state"] = state.model_state
+  if digest is not None:
+    tree["frozen_digest"] = digest
   return tree
+
+
+def _check_frozen_digest(stored: np.ndarray | None,
+                         digest: np.ndarray | None,
+                         config: ml_collections.ConfigDict, where: str):
+  if stored is not None and not np.array_equal(stored, digest):
+    raise ValueError(
+        f"the checkpoint in {where} was trained on other frozen parameters "
+        f"than those of init_from={config.init_from!r} (was that checkpoint "
+        "changed, or another one named?); they are not saved with the run. "
+        "Use the init_from the run was started with, or a new --workdir.")
+
+
+def _with_trained(params, trained) -> dict:
+  """`params` with the entries of `trained` (a subtree) replaced."""
+  flat = flax.traverse_util.flatten_dict(params)
+  flat.update(flax.traverse_util.flatten_dict(trained))
+  return flax.traverse_util.unflatten_dict(flat)
 
 
 @jax.jit
@@ -223,12 +275,15 @@ def _all_finite(tree) -> jnp.ndarray:
 
 
 def _raise_if_diverged(train_metrics: TrainMetrics | None, params, step: int,
-                       checkpointer: checkpointing.Checkpointer):
-  """Stops the run, naming the step, if the loss or `params` are not finite.
+                       checkpointer: checkpointing.Checkpointer,
+                       config: ml_collections.ConfigDict):
+  """Stops the run, naming the step, if the loss, a gradient, an update or
+  `params` are not finite, with the ways out.
 
-  Called before anything is written. The loss is tracked at every step for
-  free; the parameters, which a finite loss's update can still overflow, are
-  checked here only (`params` is None when nothing of them is written).
+  Called before anything is written. The loss and the norms are tracked at
+  every step for free; the parameters, which finite updates can still
+  overflow, are checked here only (`params` is None when nothing of them is
+  written).
   """
   bad_step = -1 if train_metrics is None else int(
       train_metrics.nonfinite_step.compute())
@@ -236,14 +291,25 @@ def _raise_if_diverged(train_metrics: TrainMetrics | None, params, step: int,
     bad_step = step
   if bad_step < 0:
     return
-  last = checkpointer.latest_step()
-  kept = (f"the last good checkpoint (step {last}) in {checkpointer.directory}"
-          " is intact" if last is not None else "no checkpoint was written")
+  kept = checkpointer.all_steps()
+  if not kept:
+    raise FloatingPointError(
+        f"the training diverged: the loss, a gradient or an update is not "
+        f"finite at step {bad_step}; stopped before any checkpoint was "
+        "written. Lower --config.optimizer.base_lr or set "
+        "--config.optimizer.grad_clip_norm, then run again.")
+  fresh = "start again in a new --workdir" + (
+      " (with the same --config.init_from)" if config.get("init_from") else "")
+  if len(kept) > 1:
+    fresh = (f"add --config.resume_step={kept[-2]} (or an earlier kept step; "
+             f"the later ones are moved aside, not deleted), or {fresh}")
   raise FloatingPointError(
-      f"the training diverged: the loss or the parameters are not finite at "
-      f"step {bad_step}; stopped without saving, {kept}. Lower "
+      f"the training diverged: the loss, a gradient or an update is not "
+      f"finite at step {bad_step}; stopped without saving. Checkpoints kept "
+      f"in {checkpointer.directory}: steps {kept}. Lower "
       "--config.optimizer.base_lr or set --config.optimizer.grad_clip_norm, "
-      "then run again to resume.")
+      f"then run again to resume from step {kept[-1]}. If the run was already "
+      f"diverging there, {fresh}.")
 
 
 def _summary(train_metrics: TrainMetrics, steps: int, batch_size: int,
@@ -251,96 +317,81 @@ def _summary(train_metrics: TrainMetrics, steps: int, batch_size: int,
   """The scalars of one log line; img/s over the steps since the last one."""
   summary = train_metrics.compute()
   summary.pop("nonfinite_step")
+  summary.update(summary.pop("extra"))
   scalars = {f"train/{k}": v for k, v in summary.items()}
   if steps > 0 and seconds > 0:
     scalars["train/img_per_s"] = steps * batch_size / seconds
   return scalars
 
 
-class FigureMaker:
-  """Reconstructions of a fixed set of images with a fixed masking."""
-
-  def __init__(self, model: models.MAE, source: sources.Source, count: int,
-               seed: int):
-    images = pipeline.eval_images(source, count, model.image_size)
-    self._images = transforms.normalize(images)
-    self._noise = jax.random.uniform(jax.random.key(seed),
-                                     (len(images), model.num_patches))
-    self._model = model
-    self._apply = jax.jit(model.apply)
-
-  def __call__(self, params) -> np.ndarray:
-    out = self._apply({"params": params}, self._images, self._noise)
-    return visualize.reconstruction_figure(
-        self._images, np.asarray(out.pred), np.asarray(out.mask),
-        self._model.patch_size, self._model.norm_pix_loss)
+def _write_report(writer, workdir: str, step: int,
+                  report: evaluators_lib.Report):
+  """An evaluator's scalars to the metrics, its figures to TensorBoard and
+  to `<name>_<step>.png` in the workdir (process 0)."""
+  if report.scalars:
+    logging.info("Evaluation at step %d: %s", step, report.scalars)
+    writer.write_scalars(step, report.scalars)
+  if report.images and jax.process_index() == 0:
+    writer.write_images(step, {name: image[None]
+                               for name, image in report.images.items()})
+    for name, image in report.images.items():
+      visualize.save_png(image,
+                         str(epath.Path(workdir) / f"{name}_{step:07d}.png"))
 
 
-class Evaluator:
-  """Top-1/top-5 (in %) over the whole evaluation split: every example
-  exactly once, the last batch padded and the padding masked out."""
-
-  def __init__(self, task, config: ml_collections.ConfigDict,
-               devices: Sequence[Any]):
-    self._source = sources.open_source(config.data, config.data.eval_split,
-                                       config.model.image_size)
-    self._config = config
-    self._devices = devices
-    self._eval_step = jax.pmap(functools.partial(eval_step, task=task),
-                               axis_name=AXIS, devices=_pmap_devices(devices))
-
-  def __call__(self, state: TrainState) -> dict[str, float]:
-    """`state` replicated over the devices."""
-    totals = collections.Counter()
-    # Evaluated in the micro-batches of training: what fits in memory there.
-    batches = pipeline.eval_batches(
-        self._source,
-        batch_size=self._config.batch_size // self._config.grad_accum_steps,
-        image_size=self._config.model.image_size,
-        local_device_count=len(self._devices),
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        num_workers=self._config.data.num_workers)
-    for batch in batches:
-      counts = self._eval_step(state, devices_lib.shard(batch, self._devices))
-      totals.update(jax.device_get(devices_lib.unreplicate(counts)))
-    if totals["count"] != len(self._source):
-      raise RuntimeError(f"evaluated {totals['count']} examples of "
-                         f"{len(self._source)}")
-    return {"eval/top1": float(100 * totals["top1"] / totals["count"]),
-            "eval/top5": float(100 * totals["top5"] / totals["count"])}
-
-
-def _pmap_devices(devices: Sequence[Any]) -> Sequence[Any] | None:
-  """pmap's `devices` argument: None for all local devices."""
-  return devices if len(devices) != jax.local_device_count() else None
-
-
-def _evaluate_checkpoint(task, config: ml_collections.ConfigDict,
-                         workdir: str, devices: Sequence[Any]) -> TrainState:
-  """`eval_only`: top-1/top-5 of the newest checkpoint in `workdir`, written
-  to its metrics at the checkpoint's step; returns the evaluated state."""
+def _evaluated_checkpoint(config: ml_collections.ConfigDict,
+                          workdir: str) -> dict:
+  """{'step', 'params', ...} of the newest checkpoint in `workdir`, which
+  must hold a run with a classifier."""
   stored_config, variables = checkpointing.load_variables(workdir)
   if stored_config.get("mode") == "pretrain":
     raise ValueError(
         f"{workdir} holds a pretraining checkpoint, which has no classifier "
-        "to evaluate; evaluate a linear_probe or finetune workdir, or train "
-        f"one with --config.init_from={workdir}")
-  step = int(variables.pop("step"))
+        "to evaluate; evaluate a linear_probe, attentive_probe or finetune "
+        f"workdir, or train one with --config.init_from={workdir}")
   if dict(stored_config.model) != dict(config.model):
     logging.warning("The checkpoint's model config differs from the given "
                     "one; evaluating with the given one:\n%s",
                     stored_config.model)
-  params, model_state = variables.pop("params"), variables.pop(
-      "model_state", {})
+  return variables
+
+
+def _evaluate(task, config: ml_collections.ConfigDict, workdir: str,
+              devices: Sequence[Any]) -> TrainState:
+  """`eval_only`: runs the task's evaluators once, writes their results and
+  returns the evaluated state.
+
+  What is evaluated: the newest checkpoint in `workdir`, at its step, with
+  its frozen parameters loaded from `init_from` again; a model with nothing
+  to train (k-NN) has no checkpoint and is evaluated as `init_from` gives
+  it, at step 0.
+  """
+  rng, _ = _rngs(config)
+  params, model_state = task.init_variables(rng, load_pretrained=False)
+  trained, frozen = optim.split_frozen(config, params)
+  stored = _evaluated_checkpoint(config, workdir) if trained else {"step": 0}
+  if frozen:  # not in the checkpoint: init_from has them
+    params, model_state = task.init_variables(rng, load_pretrained=True)
+    _check_frozen_digest(stored.get("frozen_digest"),
+                         frozen_digest(config, params), config, workdir)
+  params = _with_trained(params, stored.get("params", {}))
+  model_state = stored.get("model_state", model_state)
+  step = int(stored["step"])
   state = TrainState(step=step, apply_fn=task.model.apply, params=params,
                      model_state=model_state, tx=None, opt_state=None)
-  scalars = Evaluator(task, config, devices)(
-      devices_lib.replicate(state, devices))
-  logging.info("Evaluation of step %d: %s", step, scalars)
+  replicated = devices_lib.replicate(state, devices)
   writer = writers.create_writer(workdir)
-  writer.write_scalars(step, scalars)
+  for evaluator in task.evaluators(devices, train_source=None):
+    _write_report(writer, workdir, step, evaluator(replicated))
   writer.flush()
   return state
+
+
+def _rngs(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
+  """The run's keys: of the initial parameters (a random frozen encoder
+  among them, which `eval_only` makes again) and the one the steps fold."""
+  init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+  return init_rng, step_rng
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -351,23 +402,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `devices` restricts the run to some local devices (tests compare 1 and 8).
   """
   devices = list(devices or jax.local_devices())
+  config = initialization.adopt_encoder_options(config)
   validate_config(config, jax.process_count(), len(devices))
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-  task = tasks.make_task(config, AXIS)
-  pretraining = config.mode == "pretrain"
-  if not pretraining and config.eval_only:
-    return _evaluate_checkpoint(task, config, workdir, devices)
-  schedule = optim.warmup_cosine_schedule(
-      optim.peak_learning_rate(config), config.warmup_steps,
-      config.total_steps, config.optimizer.min_lr)
-  init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+  try:
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise PermissionError(f"cannot create --workdir={workdir} ({e}); use a "
+                          "directory this process can write to") from e
+  if config.get("eval_only", False):
+    return _evaluate(tasks.make_task(config, AXIS), config, workdir, devices)
+  # One run per workdir (workdir_lock.py); process 0 holds the lock.
+  lock = workdir_lock.WorkdirLock(workdir)
+  multihost.on_process_0("locking the workdir", lock.acquire)
+  try:
+    return _train(config, workdir, devices, lock)
+  finally:
+    lock.release()
 
+
+def _train(config: ml_collections.ConfigDict, workdir: str,
+           devices: Sequence[Any],
+           lock: workdir_lock.WorkdirLock) -> TrainState:
+  """`train_and_evaluate` in a workdir that this run holds."""
+  source = sources.open_source(config.data, config.data.split,
+                               config.model.image_size)
+  config = durations.resolve(config, len(source))
+  logging.info("Schedule: %s; peak lr %.4g.",
+               durations.describe(config, len(source)),
+               optim.peak_learning_rate(config))
+  task = tasks.make_task(config, AXIS)
+  schedule = optim.make_schedule(config)
+  init_rng, step_rng = _rngs(config)
   checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
   checkpointer.check_model_config(config)  # a workdir holds one run
   resuming = checkpointer.latest_step() is not None
   state = create_train_state(task, config, init_rng, schedule,
                              load_init_from=not resuming)
-  restored, start_step = checkpointer.restore_latest(checkpoint_tree(state))
+  if resuming and optim.split_frozen(config, state.params)[1]:
+    # Frozen parameters are not in the checkpoint: init_from has them.
+    state = create_train_state(task, config, init_rng, schedule)
+  digest = frozen_digest(config, state.params)
+  restored, start_step = checkpointer.restore(
+      checkpoint_tree(state, config, digest), config.resume_step)
+  _check_frozen_digest(restored.pop("frozen_digest", None), digest, config,
+                       checkpointer.directory)
+  restored["params"] = _with_trained(state.params, restored["params"])
   state = state.replace(**restored)
   if start_step:
     logging.info("Resuming from step %d", start_step)
@@ -377,24 +456,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     checkpointer.close()
     return state
 
-  source = sources.open_source(config.data, config.data.split,
-                               config.model.image_size)
   batches = pipeline.TrainPipeline(
       source, config.data, batch_size=config.batch_size,
       image_size=config.model.image_size, seed=config.seed,
       start_step=start_step, local_device_count=len(devices),
       process_index=jax.process_index(), process_count=jax.process_count())
-  make_figure = (FigureMaker(task.model, source, config.figure_images,
-                             config.seed) if pretraining else None)
-  evaluator = None if pretraining else Evaluator(task, config, devices)
-  writer = writers.create_writer(workdir)
+  evaluators = task.evaluators(devices, source)
+  writer = writers.create_writer(workdir, resumed_at=start_step)
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=config.total_steps, every_steps=config.log_every_steps)
 
   p_train_step = jax.pmap(
       functools.partial(train_step, task=task, schedule=schedule,
                         grad_accum_steps=config.grad_accum_steps),
-      axis_name=AXIS, donate_argnums=(0,), devices=_pmap_devices(devices))
+      axis_name=AXIS, donate_argnums=(0,),
+      devices=evaluators_lib.pmap_devices(devices))
   state = devices_lib.replicate(state, devices)
   step_rngs = devices_lib.replicate(step_rng, devices)
   device_batches = devices_lib.prefetch_to_devices(batches, devices)
@@ -427,48 +503,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       # Step 1 is logged too, so that the initial loss is on record.
       log = (step % config.log_every_steps == 0 or is_last or step == 1
              or preempted)
-      figure = pretraining and (step % config.figure_every_steps == 0
-                                or is_last)
-      evaluate = not pretraining and (step % config.eval_every_steps == 0
-                                      or is_last)
+      # An interval of 0 means: after the last step only.
+      due = [e for e in evaluators if is_last or (
+          e.every_steps > 0 and step % e.every_steps == 0)]
       save = step % config.checkpoint_every_steps == 0 or is_last or preempted
-      if not (log or figure or evaluate or save):
+      if not (log or due or save):
         continue
-      params = devices_lib.unreplicate(state.params) if figure or save else None
+      params = (devices_lib.unreplicate(state.params) if due or save
+                else None)
       # Nothing is written from a state that has diverged.
-      _raise_if_diverged(train_metrics, params, step, checkpointer)
+      _raise_if_diverged(train_metrics, params, step, checkpointer, config)
       if log:
-        checkpointer.check_for_errors()  # a failed async save stops the run
+        # A failed save, or another run in this workdir, stops every process.
+        multihost.raise_if_failed_anywhere(
+            f"training in {workdir}", checkpointer.save_error()
+            or lock.error())
         scalars = _summary(train_metrics, step - interval_first_step,
                            config.batch_size, time.time() - interval_start)
-        if batches.skipped_images:
-          scalars["data/skipped_images"] = batches.skipped_images
+        # A collective: every process calls it at every log step.
+        skipped = devices_lib.summed_over_processes(batches.skipped_images)
+        if skipped:
+          scalars["data/skipped_images"] = skipped
         writer.write_scalars(step, scalars)
         train_metrics = None
         interval_start, interval_first_step = time.time(), step
-      if evaluate:
-        scalars = evaluator(state)
-        logging.info("Evaluation at step %d: %s", step, scalars)
-        writer.write_scalars(step, scalars)
-        interval_start = time.time()  # evaluation time is not training time
-      if figure:
-        image = make_figure(params)
-        if jax.process_index() == 0:
-          writer.write_images(step, {"reconstruction": image[None]})
-          visualize.save_png(
-              image, str(epath.Path(workdir) / f"reconstruction_{step:07d}.png"),
-              task.model.image_size)
+      # Saved before the evaluators run, so that an evaluation that fails
+      # does not lose the step.
       if save:
-        checkpointer.save(step, checkpoint_tree(devices_lib.unreplicate(state)),
-                          config)
+        checkpointer.save(
+            step, checkpoint_tree(devices_lib.unreplicate(state), config,
+                                  digest), config)
+      for evaluator in due:
+        _write_report(writer, workdir, step, evaluator(state))
+      if due:
+        interval_start = time.time()  # evaluation time is not training time
       if preempted:
-        logging.warning("Preempted: saved step %d in %s and stopping; run the "
-                        "same command again to resume.", step, workdir)
+        logging.warning("Preempted (SIGTERM or Ctrl-C): saved step %d in %s; "
+                        "run the same command again to resume.", step,
+                        workdir)
         break
+    checkpointer.finish()  # the last save, on every process
+  except KeyboardInterrupt:  # a second Ctrl-C: stop at once
+    raise
+  except BaseException:
+    checkpointer.finish_locally()
+    raise
   finally:
     notice.close()
     batches.close()
-    checkpointer.wait()
-    checkpointer.close()
     writer.flush()
+  checkpointer.close()
   return devices_lib.unreplicate(state)

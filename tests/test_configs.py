@@ -1,29 +1,47 @@
 """Config files as the command line loads them, the paper's recipe, checks."""
 
+import functools
 import os
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 from absl import flags
 from ml_collections import config_flags
 
 from configs import common
+from mae_jax import durations
 from mae_jax import models
 from mae_jax import optim
+from mae_jax import tasks
 from mae_jax import train
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "configs")
 IMAGENET_CONFIGS = ("mae_vit_base_pretrain.py", "mae_vit_large_pretrain.py",
                     "mae_vit_huge_pretrain.py")
-PRETRAIN_CONFIGS = ("demo.py",) + IMAGENET_CONFIGS
+CAE_IMAGENET_CONFIGS = ("cae_vit_base_pretrain.py", "cae_vit_large_pretrain.py")
+PRETRAIN_CONFIGS = (("demo.py", "demo_cae.py") + IMAGENET_CONFIGS
+                    + CAE_IMAGENET_CONFIGS)
 LINEAR_PROBE_CONFIGS = ("mae_vit_base_linear_probe.py",
                         "mae_vit_large_linear_probe.py",
                         "mae_vit_huge_linear_probe.py")
+ATTENTIVE_PROBE_CONFIGS = ("mae_vit_base_attentive_probe.py",
+                           "mae_vit_large_attentive_probe.py",
+                           "mae_vit_huge_attentive_probe.py")
 FINETUNE_CONFIGS = ("mae_vit_base_finetune.py", "mae_vit_large_finetune.py",
                     "mae_vit_huge_finetune.py")
-CLASSIFICATION_CONFIGS = (("demo_linear_probe.py", "demo_finetune.py")
-                          + LINEAR_PROBE_CONFIGS + FINETUNE_CONFIGS)
-ALL_CONFIGS = PRETRAIN_CONFIGS + CLASSIFICATION_CONFIGS
+CLASSIFICATION_CONFIGS = (
+    ("demo_linear_probe.py", "demo_attentive_probe.py", "demo_finetune.py")
+    + LINEAR_PROBE_CONFIGS + ATTENTIVE_PROBE_CONFIGS + FINETUNE_CONFIGS)
+KNN_CONFIGS = ("demo_knn.py", "mae_vit_base_knn.py", "mae_vit_large_knn.py",
+               "mae_vit_huge_knn.py")
+ALL_CONFIGS = PRETRAIN_CONFIGS + CLASSIFICATION_CONFIGS + KNN_CONFIGS
+
+
+# What the paper's CAE recipes need besides the file: the tokenizer.
+TOKENIZER = "--config.model.tokenizer_path=/converted/dalle"
 
 
 def _load(config_file, *overrides):
@@ -46,11 +64,12 @@ def test_every_config_file_is_tested():
 
 @pytest.mark.parametrize("config_file", ALL_CONFIGS)
 def test_config_file_loads_locked_and_valid(config_file):
-  config = _load(config_file)
+  config = _load(config_file, *(
+      [TOKENIZER] if config_file in CAE_IMAGENET_CONFIGS else []))
   assert config.is_locked
-  expected_mode = next(mode for mode in ("linear_probe", "finetune")
-                       if mode in config_file) if (
-                           config_file in CLASSIFICATION_CONFIGS) else "pretrain"
+  expected_mode = next((mode for mode in (
+      "linear_probe", "attentive_probe", "finetune", "knn")
+                        if mode in config_file), "pretrain")
   assert config.mode == expected_mode
   assert config.model.image_size % config.model.patch_size == 0
   # The recipe fits on 8 devices as written.
@@ -68,7 +87,7 @@ def test_command_line_overrides_change_values(config_file):
   assert config.model.mask_ratio == 0.5
   assert config.data.data_dir == "/tmp/somewhere"
   # Others keep their values.
-  assert config.model.decoder_mlp_dim == _load(config_file).model.decoder_mlp_dim
+  assert config.model.mlp_dim == _load(config_file).model.mlp_dim
 
 
 @pytest.mark.parametrize("override,bad_key", [
@@ -103,15 +122,92 @@ def test_imagenet_configs_hold_the_paper_recipe(config_file):
           model.decoder_num_heads) == (8, 512, 16)
   assert model.decoder_mlp_dim == 4 * 512
   assert model.mlp_dim == 4 * model.width
-  # 40 warm-up and 800 epochs of ImageNet-1k's 1,281,167 images, in steps.
-  assert config.warmup_steps == 40 * 1_281_167 // 4096 == 12511
-  assert config.total_steps == 800 * 1_281_167 // 4096 == 250227
+  # 40 warm-up and 800 epochs, turned into steps when the run starts.
+  assert (config.total_epochs, config.warmup_epochs) == (800, 40)
+  assert (config.total_steps, config.warmup_steps) == (0, 0)
   data = config.data
   assert (data.source, data.name, data.split) == ("tfds", "imagenet2012",
                                                   "train")
   assert tuple(data.crop_scale) == (0.2, 1.0)
   assert tuple(data.crop_ratio) == pytest.approx((3 / 4, 4 / 3))
   assert data.horizontal_flip is True
+
+
+@pytest.mark.parametrize("config_file,epochs,warmup", [
+    ("cae_vit_base_pretrain.py", 800, 20),
+    ("cae_vit_base_pretrain.py:300", 300, 10),
+    ("cae_vit_base_pretrain.py:1600", 1600, 40),
+    ("cae_vit_large_pretrain.py", 1600, 40),
+])
+def test_cae_configs_hold_the_official_recipe(config_file, epochs, warmup):
+  config = _load(config_file)
+  assert (config.total_epochs, config.warmup_epochs) == (epochs, warmup)
+  assert config.batch_size == 2048
+  opt = config.optimizer
+  assert (opt.name, opt.b1, opt.b2, opt.weight_decay, opt.min_lr,
+          opt.grad_clip_norm) == ("adamw", 0.9, 0.999, 0.05, 1e-5, 3.0)
+  # 1.5e-3 at batch 2048, not rescaled by the batch (a batch override keeps
+  # the lr, as the official scripts do).
+  assert optim.peak_learning_rate(config) == 1.5e-3
+  config.batch_size = 256
+  assert optim.peak_learning_rate(config) == 1.5e-3
+  data = config.data
+  assert tuple(data.crop_scale) == (0.08, 1.0) and data.horizontal_flip
+  assert data.second_view_size == 112
+  model = config.model
+  large = "large" in config_file
+  assert (model.name, model.masking, model.mask_ratio) == ("cae", "block",
+                                                           0.5)
+  assert models.encoder_size("large/16" if large else "base/16") == {
+      k: model[k] for k in ("patch_size", "width", "depth", "num_heads",
+                            "mlp_dim")}
+  scale = 1e-5 if large else 0.1
+  assert (model.layer_scale_init, model.decoder_layer_scale_init) == (scale,
+                                                                      scale)
+  assert (model.key_bias, model.sincos_order) == (False, "h_first")
+  assert model.drop_path_rate == 0.1
+  assert (model.regressor_depth, model.decoder_depth) == (4, 4)
+  # The ViT-L script's lost flags: decoder heads 16, --fix_init_weight.
+  assert model.decoder_num_heads == (16 if large else 12)
+  assert model.weight_init == ("beit" if large else "xavier")
+  assert (model.target, model.align_weight) == ("dalle", 2.0)
+
+
+def test_cae_config_of_another_length_is_a_clear_error():
+  with pytest.raises(flags.IllegalFlagValueError,
+                     match="300, 800, 1600.*not '400'"):
+    _load("cae_vit_base_pretrain.py:400")
+
+
+@pytest.mark.parametrize("config_file,encoder_params", [
+    ("cae_vit_base_pretrain.py", 86e6), ("cae_vit_large_pretrain.py", 304e6)])
+def test_cae_recipes_initialise_and_step_in_shapes_only(config_file,
+                                                        encoder_params):
+  """The real models and tokenizer, traced (`jax.eval_shape`), never
+  computed."""
+  config = durations.resolve(_load(config_file, TOKENIZER), 1_281_167)
+  task = tasks.make_task(config, train.AXIS)
+  schedule = optim.make_schedule(config)
+  state = jax.eval_shape(lambda rng: train.create_train_state(
+      task, config, rng, schedule, load_init_from=False), jax.random.key(0))
+  count = sum(np.prod(x.shape) for x in jax.tree.leaves(
+      state.params["encoder"]))
+  assert count / encoder_params == pytest.approx(1.0, abs=0.01)
+  per_device = 4
+  batch = {"image": jax.ShapeDtypeStruct((1, per_device, 224, 224, 3),
+                                         jnp.uint8),
+           "label": jax.ShapeDtypeStruct((1, per_device), jnp.int32),
+           "example_id": jax.ShapeDtypeStruct((1, per_device), jnp.int32),
+           "second_view": jax.ShapeDtypeStruct((1, per_device, 112, 112, 3),
+                                               jnp.uint8)}
+  assert set(state.model_state) == {"tokenizer"}
+  step = jax.vmap(functools.partial(train.train_step, task=task,
+                                    schedule=schedule, grad_accum_steps=1),
+                  in_axes=(None, 0, None), axis_name=train.AXIS)
+  new_state, metrics = jax.eval_shape(step, state, batch, jax.random.key(1))
+  assert jax.tree.map(lambda x: x.shape[1:], new_state.params) == (
+      jax.tree.map(lambda x: x.shape, state.params))
+  assert set(metrics.extra.totals) == {"loss_recon", "loss_align"}
 
 
 @pytest.mark.parametrize("config_file,patch,width,depth,heads", [
@@ -136,14 +232,57 @@ def test_linear_probe_configs_hold_the_paper_recipe(config_file):
   assert (opt.name, opt.base_lr, opt.momentum, opt.trust_coefficient,
           opt.weight_decay) == ("lars", 0.1, 0.9, 0.001, 0.0)
   assert optim.peak_learning_rate(config) == pytest.approx(6.4)
-  assert config.total_steps == 90 * 1_281_167 // 16384
-  assert config.warmup_steps == 10 * 1_281_167 // 16384
+  assert (config.total_epochs, config.warmup_epochs) == (90, 10)
+  assert (config.total_steps, config.warmup_steps) == (0, 0)
+  assert (config.eval_every_epochs, config.eval_every_steps) == (1, 0)
   assert tuple(config.data.crop_scale) == (0.08, 1.0)
+  assert config.data.crop_sampler == "clamped"  # the reference's util/crop.py
   assert config.data.rand_augment_num_ops == 0
   augment = config.augment
   assert (augment.mixup_alpha, augment.cutmix_alpha, augment.label_smoothing,
           augment.random_erasing) == (0.0, 0.0, 0.0, 0.0)
   assert config.data.eval_split == "validation"
+
+
+@pytest.mark.parametrize("config_file", ATTENTIVE_PROBE_CONFIGS)
+def test_attentive_probe_configs_hold_cae_recipe(config_file):
+  config = _load(config_file)
+  model, opt = config.model, config.optimizer
+  assert (model.pooling, model.head_batch_norm) == ("attentive", True)
+  assert model.head_init_std == 0.01 and model.drop_path_rate == 0.0
+  assert config.batch_size == 8192
+  assert (opt.name, opt.base_lr, opt.momentum, opt.nesterov,
+          opt.weight_decay, opt.lr_scaling) == ("sgd", 0.4, 0.9, True,
+                                                0.0, "none")
+  assert optim.peak_learning_rate(config) == 0.4
+  assert (config.total_epochs, config.warmup_epochs) == (90, 10)
+  assert tuple(config.data.crop_scale) == (0.08, 1.0)
+  # timm's RandomResizedCrop in the official script, not MAE's clamped one.
+  assert config.data.crop_sampler == "torchvision"
+  assert config.data.horizontal_flip is True
+  assert config.data.rand_augment_num_ops == 0
+  augment = config.augment
+  assert (augment.mixup_alpha, augment.cutmix_alpha, augment.label_smoothing,
+          augment.random_erasing) == (0.0, 0.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("config_file", KNN_CONFIGS)
+def test_knn_configs_hold_dino_recipe_and_only_evaluate(config_file):
+  config = _load(config_file, "--config.init_from=/some/workdir")
+  assert (config.knn.k, config.knn.temperature, config.knn.pooling) == (
+      20, 0.07, "cls")
+  assert config.eval_only is True
+  assert config.data.eval_split == ("test" if "demo" in config_file
+                                    else "validation")
+  with pytest.raises(ValueError, match="mode=knn trains nothing"):
+    train.validate_config(_load(config_file, "--config.eval_only=False"), 1,
+                          8)
+
+
+def test_pretraining_runs_knn_only_when_asked():
+  assert _load("mae_vit_base_pretrain.py").knn_every_epochs == 0
+  assert _load("mae_vit_base_pretrain.py").knn_every_steps == 0
+  assert _load("demo.py").knn_every_steps == 100
 
 
 @pytest.mark.parametrize("config_file,epochs,base_lr,layer_decay,drop_path", [
@@ -163,8 +302,9 @@ def test_finetune_configs_hold_the_paper_recipe(config_file, epochs, base_lr,
   assert (opt.name, opt.base_lr, opt.b1, opt.b2, opt.weight_decay,
           opt.layer_decay, opt.min_lr) == ("adamw", base_lr, 0.9, 0.999, 0.05,
                                            layer_decay, 1e-6)
-  assert config.total_steps == epochs * 1_281_167 // 1024
-  assert config.warmup_steps == 5 * 1_281_167 // 1024
+  assert (config.total_epochs, config.warmup_epochs) == (epochs, 5)
+  assert (config.total_steps, config.warmup_steps) == (0, 0)
+  assert (config.eval_every_epochs, config.eval_every_steps) == (1, 0)
   assert (augment.mixup_alpha, augment.cutmix_alpha, augment.switch_prob,
           augment.label_smoothing, augment.random_erasing,
           augment.mix_group_size) == (0.8, 1.0, 0.5, 0.1, 0.25, 32)
@@ -182,11 +322,14 @@ def test_classifier_configs_build_their_model(config_file):
 
 def test_demo_classifiers_use_the_demo_encoder():
   pretrain = _load("demo.py").model
-  for config_file in ("demo_linear_probe.py", "demo_finetune.py"):
+  for config_file in ("demo_linear_probe.py", "demo_attentive_probe.py",
+                      "demo_finetune.py", "demo_knn.py", "demo_cae.py"):
     model = _load(config_file).model
     for field in ("image_size", "patch_size", "width", "depth", "num_heads",
                   "mlp_dim", "layer_norm_eps"):
       assert model[field] == pretrain[field], (config_file, field)
+  # The MAE demo's fine-tuning keeps its own drop path.
+  assert _load("demo_finetune.py").model.drop_path_rate == 0.1
 
 
 def test_encoder_size_rejects_unknown_model_listing_known_sizes():
@@ -205,7 +348,8 @@ def test_encoder_size_needs_a_numeric_patch():
 
 def _config(**overrides):
   config = common.pretrain_config("base/16")
-  config.update(batch_size=64, total_steps=100, warmup_steps=10)
+  config.batch_size = 64
+  common.in_steps(config, total=100, warmup=10)
   config.update(overrides)
   return config
 
@@ -246,6 +390,12 @@ def test_validate_config_rejects_warmup_longer_than_training():
   assert "total_steps (100)" in message
 
 
+def test_validate_config_rejects_a_duration_given_twice():
+  with pytest.raises(ValueError, match="total_epochs=800.0 and total_steps=100"
+                     ".*both set"):
+    train.validate_config(_config(total_epochs=800.0), 1, 8)
+
+
 def test_validate_config_rejects_unknown_mode():
   with pytest.raises(ValueError) as info:
     train.validate_config(_config(mode="fine_tune"), 1, 8)
@@ -257,7 +407,8 @@ def test_validate_config_rejects_unknown_mode():
 def _finetune(**overrides):
   config = common.finetune_config("base/16", epochs=1, base_lr=1e-3,
                                   layer_decay=0.75, drop_path_rate=0.1)
-  config.update(batch_size=64, total_steps=100, warmup_steps=10)
+  config.batch_size = 64
+  common.in_steps(config, total=100, warmup=10)
   config.augment.mix_group_size = 8
   config.update(overrides)
   return config
@@ -274,4 +425,21 @@ def test_validate_config_rejects_odd_micro_batches_with_mixup():
 def test_validate_config_rejects_trainable_blocks_out_of_range():
   config = _finetune(trainable_blocks=13)
   with pytest.raises(ValueError, match="0..12"):
+    train.validate_config(config, 1, 8)
+
+
+def test_validate_config_rejects_knn_without_an_eval_split():
+  config = _config(knn_every_steps=10)
+  config.data.eval_split = ""
+  with pytest.raises(ValueError, match="data.eval_split is empty"):
+    train.validate_config(config, 1, 8)
+  config.knn_every_steps = 0  # off: no evaluation split needed
+  train.validate_config(config, 1, 8)
+
+
+def test_validate_config_rejects_a_mask_ratio_that_leaves_nothing_visible():
+  config = _config()
+  config.model.update(image_size=32, patch_size=16)  # 4 patches
+  config.model.mask_ratio = 0.8
+  with pytest.raises(ValueError, match="leaves no visible patch of 4"):
     train.validate_config(config, 1, 8)

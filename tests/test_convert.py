@@ -1,18 +1,25 @@
 """Import/export of official MAE and HuggingFace ViTMAE weights, and numerical
-parity with the PyTorch models (the acceptance test of issue 4).
+parity with the PyTorch models (the acceptance test of issue 4); reading
+DALL-E's pickled encoder (issue 9; its parity is in test_dalle.py); the
+command line.
 
-The parity tests need torch and transformers (requirements-test.txt) and are
-skipped, saying so, without them; the rest needs neither.
+The parity tests need torch and transformers (requirements-test.txt), the
+DALL-E tests torch and the DALL-E package: without them they are skipped,
+saying so, or fail in CI (tests/testing_utils.py's require_modules); the rest
+needs none of these.
 """
 
 import argparse
 import functools
-import importlib.util
 import json
+import os
+import subprocess
 import sys
 
 import chex
+import flax
 import jax
+import ml_collections
 import numpy as np
 import pytest
 import safetensors.flax
@@ -21,13 +28,12 @@ import safetensors.numpy
 from configs import common
 from mae_jax import checkpointing
 from mae_jax import convert
+from mae_jax import initialization
+from mae_jax import masking
 from mae_jax import models
+from mae_jax.models import dalle
 
-HAVE_TORCH = all(importlib.util.find_spec(name) is not None
-                 for name in ("torch", "transformers"))
-needs_torch = pytest.mark.skipif(
-    not HAVE_TORCH, reason="the parity tests need torch and transformers: "
-    "pip install -r requirements-test.txt")
+needs_torch = pytest.mark.needs_modules("torch", "transformers")
 
 # Deliberately not square-number friendly: a 6x6 grid, 9 visible patches,
 # an MLP that is not 4x the width, heads of 24 and 16 channels.
@@ -83,6 +89,10 @@ def _official_sincos(width, grid):
 
 def test_converted_config_has_every_field_of_the_recipe():
   assert set(convert.mae_config(**SIZES)) == set(common.mae_model("base/16"))
+  encoder = {k: SIZES[k] for k in ("image_size", "patch_size", "width",
+                                   "depth", "num_heads", "mlp_dim")}
+  assert set(convert.cae_config(**encoder, layer_scale_init=0.1)) == set(
+      common.cae_model("base/16"))
   classifier = convert.classifier_config(
       image_size=48, patch_size=8, width=96, depth=3, num_heads=4,
       mlp_dim=200, num_classes=5, pooling="gap")
@@ -173,6 +183,37 @@ def test_pth_without_torch_asks_for_pip_install_torch(tmp_path, monkeypatch):
   path.write_bytes(b"not read")
   with pytest.raises(ImportError, match="needs torch: pip install torch"):
     convert.load_official_mae(str(path))
+
+
+@pytest.mark.needs_modules("torch")
+@pytest.mark.parametrize("content", [b"just some text\n",
+                                     b"\x80\x04\x95\x05\x00"])
+def test_a_file_that_is_no_checkpoint_is_named_without_unsafe_advice(
+    tmp_path, content):
+  # Today's torch says `KeyError: 101` for a text file, or advises
+  # weights_only=False (which runs the file's code) for other pickles.
+  path = tmp_path / "weights.pth"
+  path.write_bytes(content)
+  with pytest.raises(ValueError, match="weights.pth is not a PyTorch "
+                     "checkpoint of tensors") as error:
+    convert.load(str(path))
+  assert "weights_only" not in str(error.value)
+
+
+@pytest.mark.needs_modules("torch")
+def test_the_cli_reports_a_mistake_in_one_line(tmp_path):
+  path = tmp_path / "notes.txt"
+  path.write_text("hello\n")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run(
+      [sys.executable, "-m", "mae_jax.convert", f"--src={path}",
+       f"--dst={tmp_path / 'out'}"], cwd=root, env=dict(
+           os.environ, PYTHONPATH=root), capture_output=True, text=True,
+      timeout=300, check=False)
+  assert result.returncode == 1
+  assert (f"mae_jax.convert: error: {path} is not a PyTorch checkpoint"
+          in result.stderr), result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
 
 
 def test_a_path_that_does_not_exist_says_so(tmp_path):
@@ -516,3 +557,341 @@ def test_official_classifier_matches_torch_reference(hf_dirs, tmp_path, head):
   np.testing.assert_allclose(
       logits, _torch_official_classifier(state, images, num_heads=4),
       atol=ATOL, rtol=ATOL)
+
+
+# --------------------------------------------------- official CAE encoders
+
+CAE_HEADS = 4
+
+
+def _cae_sincos(width, grid):
+  """Atten4Vis/CAE's build_2d_sincos_position_embedding(use_cls_token=True),
+  rewritten: meshgrid(grid_w, grid_h) in 'ij' order, [sin, cos] of 'w',
+  then of 'h', a zero cls row."""
+  grid_w, grid_h = np.meshgrid(np.arange(grid, dtype=np.float32),
+                               np.arange(grid, dtype=np.float32),
+                               indexing="ij")
+  omega = 1.0 / 10000 ** (np.arange(width // 4, dtype=np.float32) /
+                          np.float32(width // 4))
+  out_w = np.einsum("m,d->md", grid_w.reshape(-1), omega)
+  out_h = np.einsum("m,d->md", grid_h.reshape(-1), omega)
+  table = np.concatenate([np.sin(out_w), np.cos(out_w), np.sin(out_h),
+                          np.cos(out_h)], axis=1)
+  return np.concatenate([np.zeros((1, width)), table])[None].astype(
+      np.float32)
+
+
+def _official_cae_encoder_state(seed=0):
+  """A random encoder of SIZES under the names of Atten4Vis/CAE's
+  VisionTransformerEncoder (BEiT's blocks: q and v biases, gamma_1/2)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  generator = torch.Generator().manual_seed(seed)
+
+  def r(*shape, around=0.0):
+    return around + 0.1 * torch.randn(*shape, generator=generator)
+
+  d, m, p = SIZES["width"], SIZES["mlp_dim"], SIZES["patch_size"]
+  state = {"cls_token": r(1, 1, d),
+           "pos_embed": torch.from_numpy(_cae_sincos(d, 6)),
+           "patch_embed.proj.weight": r(d, 3, p, p),
+           "patch_embed.proj.bias": r(d),
+           "norm.weight": r(d, around=1.0), "norm.bias": r(d)}
+  for i in range(SIZES["depth"]):
+    b = f"blocks.{i}"
+    state.update({
+        f"{b}.gamma_1": r(d, around=0.1), f"{b}.gamma_2": r(d, around=0.1),
+        f"{b}.norm1.weight": r(d, around=1.0), f"{b}.norm1.bias": r(d),
+        f"{b}.attn.qkv.weight": r(3 * d, d), f"{b}.attn.q_bias": r(d),
+        f"{b}.attn.v_bias": r(d), f"{b}.attn.proj.weight": r(d, d),
+        f"{b}.attn.proj.bias": r(d),
+        f"{b}.norm2.weight": r(d, around=1.0), f"{b}.norm2.bias": r(d),
+        f"{b}.mlp.fc1.weight": r(m, d), f"{b}.mlp.fc1.bias": r(m),
+        f"{b}.mlp.fc2.weight": r(d, m), f"{b}.mlp.fc2.bias": r(d)})
+  return state
+
+
+def _torch_official_cae_encoder(state, images, bool_masked_pos):
+  """VisionTransformerEncoder.forward_features of Atten4Vis/CAE
+  (models/modeling_cae_helper.py), written out in torch: the visible
+  patches (~bool_masked_pos, in image order) and the cls token."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch.nn import functional as F  # pylint: disable=g-import-not-at-top
+  t = state
+  x = F.conv2d(torch.from_numpy(images.transpose(0, 3, 1, 2)),
+               t["patch_embed.proj.weight"], t["patch_embed.proj.bias"],
+               stride=t["patch_embed.proj.weight"].shape[-1])
+  x = x.flatten(2).transpose(1, 2)
+  b, length, d = x.shape
+  visible = ~torch.from_numpy(bool_masked_pos)
+  pos = t["pos_embed"].expand(b, length + 1, d)
+  x = torch.cat([t["cls_token"].expand(b, -1, -1),
+                 x[visible].reshape(b, -1, d)], 1)
+  x = x + torch.cat([pos[:, :1], pos[:, 1:][visible].reshape(b, -1, d)], 1)
+  n = x.shape[1]
+
+  def norm(x, name):
+    return F.layer_norm(x, (d,), t[f"{name}.weight"], t[f"{name}.bias"], 1e-6)
+
+  def linear(x, name):
+    return F.linear(x, t[f"{name}.weight"], t[f"{name}.bias"])
+
+  for i in range(SIZES["depth"]):
+    block = f"blocks.{i}"
+    bias = torch.cat([t[f"{block}.attn.q_bias"],
+                      torch.zeros_like(t[f"{block}.attn.v_bias"]),
+                      t[f"{block}.attn.v_bias"]])
+    qkv = F.linear(norm(x, f"{block}.norm1"), t[f"{block}.attn.qkv.weight"],
+                   bias)
+    q, k, v = qkv.reshape(b, n, 3, CAE_HEADS, -1).permute(2, 0, 3, 1, 4)
+    attn = ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(-1)
+    out = linear((attn @ v).transpose(1, 2).reshape(b, n, d),
+                 f"{block}.attn.proj")
+    x = x + t[f"{block}.gamma_1"] * out
+    hidden = F.gelu(linear(norm(x, f"{block}.norm2"), f"{block}.mlp.fc1"))
+    x = x + t[f"{block}.gamma_2"] * linear(hidden, f"{block}.mlp.fc2")
+  return norm(x, "norm").numpy()
+
+
+def _official_cae_pth(tmp_path, name="cae_pretrain.pth", **edits):
+  """A pretraining checkpoint of the official code: the encoder under
+  'encoder.', next to parts that the conversion drops."""
+  import torch  # pylint: disable=g-import-not-at-top
+  encoder = _official_cae_encoder_state()
+  encoder.update(edits)
+  state = {f"encoder.{k}": v for k, v in encoder.items()}
+  state.update({"alignment_encoder.cls_token": encoder["cls_token"],
+                "mask_token": torch.zeros(1, 1, 96),
+                "rd_pos_embed": encoder["pos_embed"],
+                "regresser.norm.weight": torch.ones(96),
+                "decoder.head.weight": torch.zeros(8192, 96)})
+  return _save_pth(tmp_path / name, state, epoch=1599,
+                   args=argparse.Namespace(model="cae_base"))
+
+
+def _our_encoder_on(params, images, ids_keep):
+  """The CAE model's encoder path: embed, keep `ids_keep`, transform."""
+  encoder = models.VisionEncoder(
+      SIZES["patch_size"], SIZES["width"], SIZES["depth"], CAE_HEADS,
+      SIZES["mlp_dim"], layer_scale_init=0.1, key_bias=False,
+      sincos_order="h_first")
+  return encoder.apply(
+      {"params": params["encoder"]}, images,
+      method=lambda m, x: m.transform(masking.gather(m.embed(x), ids_keep)))
+
+
+@needs_torch
+def test_official_cae_encoder_matches_a_rewrite_of_the_official_one(
+    tmp_path):
+  # What the command line does, with the heads the tensors cannot tell.
+  run_config, params = convert.load(_official_cae_pth(tmp_path),
+                                    num_heads=CAE_HEADS)
+  assert run_config.mode == "pretrain"
+  model = run_config.model
+  assert (model.name, model.layer_scale_init, model.key_bias,
+          model.sincos_order) == ("cae", 0.1, False, "h_first")
+  assert set(params) == {"encoder"}
+  np.testing.assert_array_equal(
+      params["encoder"]["transformer"]["blocks_1"]["attn"]["qkv"]["bias"][
+          96:192], 0.0)
+
+  images, _ = _inputs(seed=5)
+  num_patches = 36
+  everything = np.zeros((BATCH, num_patches), bool)
+  rng = np.random.RandomState(0)
+  half = np.stack([rng.permutation(num_patches) < 18 for _ in range(BATCH)])
+  for bool_masked_pos in (everything, half):
+    ids_keep = np.stack([np.flatnonzero(~m) for m in bool_masked_pos])
+    np.testing.assert_allclose(
+        _our_encoder_on(params, images, ids_keep),
+        _torch_official_cae_encoder(_official_cae_encoder_state(), images,
+                                    bool_masked_pos),
+        atol=ATOL, rtol=ATOL)
+
+
+@needs_torch
+def test_an_official_cae_encoder_alone_loads_too(tmp_path):
+  import torch  # pylint: disable=g-import-not-at-top
+  encoder = _official_cae_encoder_state()
+  torch.save({"model": encoder}, str(tmp_path / "encoder.pth"))
+  config, alone = convert.load_official_cae(str(tmp_path / "encoder.pth"),
+                                            num_heads=CAE_HEADS)
+  _, whole = convert.load_official_cae(_official_cae_pth(tmp_path),
+                                       num_heads=CAE_HEADS)
+  chex.assert_trees_all_equal(alone, whole)
+  assert config.name == "cae"
+  del encoder["blocks.2.attn.q_bias"]
+  torch.save({"model": encoder}, str(tmp_path / "broken.pth"))
+  with pytest.raises(ValueError, match="missing \\(1\\): blocks.2.attn.q_bias"):
+    convert.load_official_cae(str(tmp_path / "broken.pth"),
+                              num_heads=CAE_HEADS)
+
+
+@needs_torch
+def test_an_official_cae_table_in_maes_order_is_refused(tmp_path):
+  import torch  # pylint: disable=g-import-not-at-top
+  path = _official_cae_pth(tmp_path, pos_embed=torch.from_numpy(
+      _official_sincos(96, 6)))
+  with pytest.raises(ValueError, match="encoder.pos_embed is not the fixed "
+                     "2-D sin-cos"):
+    convert.load_official_cae(path, num_heads=CAE_HEADS)
+
+
+def test_a_cae_is_not_exported_as_a_vitmae(tmp_path):
+  config = convert.cae_config(image_size=48, patch_size=8, width=96, depth=3,
+                              num_heads=4, mlp_dim=200, layer_scale_init=0.1)
+  with pytest.raises(ValueError, match="this is a CAE"):
+    convert.save_hf_vitmae(config, {"encoder": {}, "decoder": {}},
+                           str(tmp_path))
+
+
+@needs_torch
+def test_a_converted_cae_encoder_is_what_init_from_takes(tmp_path):
+  run_config, params = convert.load(_official_cae_pth(tmp_path),
+                                    num_heads=CAE_HEADS)
+  checkpointing.save_params(str(tmp_path / "ours"), run_config, params)
+  model = convert.classifier_config(
+      image_size=48, patch_size=8, width=96, depth=3, num_heads=CAE_HEADS,
+      mlp_dim=200, num_classes=5, pooling="cls")
+  model.update(learned_pos_embed=False, dtype="float32")
+  config = ml_collections.ConfigDict(dict(
+      mode="linear_probe", init_from=str(tmp_path / "ours"), model=model))
+  model = initialization.adopt_encoder_options(config).model
+  fresh = jax.jit(models.build_classifier(model).init)(
+      jax.random.key(0), np.zeros((1, 48, 48, 3), np.float32))["params"]
+  loaded = initialization.load_pretrained_encoder(str(tmp_path / "ours"),
+                                                  fresh, model)
+  chex.assert_trees_all_equal(loaded["encoder"], params["encoder"])
+
+
+# ---------------------------------------- refusing a destination in use
+
+
+def test_cli_refuses_a_destination_that_holds_a_checkpoint(tmp_path, capsys):
+  first, second = tmp_path / "first", tmp_path / "second"
+  params = _random_params()
+  other = jax.tree.map(lambda x: x + 1, params)
+  convert.save_hf_vitmae(_small_config(), params, str(first))
+  convert.save_hf_vitmae(_small_config(), other, str(second))
+  dst = tmp_path / "ours"
+  convert.main([f"--src={first}", f"--dst={dst}"])
+  with pytest.raises(SystemExit) as exit_info:
+    convert.main([f"--src={second}", f"--dst={dst}"])
+  assert exit_info.value.code == 2
+  assert "is not empty; give a new directory, or --overwrite" in (
+      capsys.readouterr().err)
+  chex.assert_trees_all_equal(checkpointing.load_params(str(dst))[1], params)
+  convert.main([f"--src={second}", f"--dst={dst}", "--overwrite"])
+  chex.assert_trees_all_equal(checkpointing.load_params(str(dst))[1], other)
+
+
+def test_cli_refuses_a_file_as_destination(tmp_path, capsys):
+  (tmp_path / "file").write_text("")
+  with pytest.raises(SystemExit):
+    convert.main([f"--src={tmp_path}", f"--dst={tmp_path / 'file'}",
+                  "--overwrite"])
+  assert "is a file; give a directory" in capsys.readouterr().err
+
+
+# ----------------------------------------- the DALL-E tokenizer (issue 9)
+
+needs_dalle = pytest.mark.needs_modules("torch", "dall_e")
+SMALL_DALLE = dict(hidden_width=64, blocks_per_group=1, vocab_size=512)
+
+
+@needs_dalle
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_pickled_dalle_encoder_converts_through_the_cli(tmp_path, capsys,
+                                                        zip_format):
+  import torch  # pylint: disable=g-import-not-at-top
+  from dall_e import encoder  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  model = encoder.Encoder(n_hid=64, n_blk_per_group=2, vocab_size=512)
+  # As the release was written: the whole module, pickled.
+  torch.save(model, tmp_path / "encoder.pkl",
+             _use_new_zipfile_serialization=zip_format)
+  convert.main([f"--src={tmp_path / 'encoder.pkl'}",
+                f"--dst={tmp_path / 'tokenizer'}"])
+  assert "mode=dalle_tokenizer" in capsys.readouterr().out
+  stored_config, _ = checkpointing.load_params(str(tmp_path / "tokenizer"))
+  assert dict(stored_config.model) == dict(
+      hidden_width=64, blocks_per_group=2, vocab_size=512)
+  params = dalle.load_tokenizer(str(tmp_path / "tokenizer"))
+  state = {k: v.numpy() for k, v in model.state_dict().items()}
+  ours = flax.traverse_util.flatten_dict(params, sep="/")
+  assert len(ours) == len(state) == 2 * (1 + 4 * 2 * 4 + 3 + 1)
+  np.testing.assert_array_equal(
+      ours["group_2/block_1/id_path/kernel"],
+      state["blocks.group_2.block_1.id_path.w"].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(
+      ours["group_4/block_2/conv_3/bias"],
+      state["blocks.group_4.block_2.res_path.conv_3.b"])
+  np.testing.assert_array_equal(
+      ours["output/kernel"][0, 0], state["blocks.output.conv.w"][:, :, 0, 0].T)
+  # A state dict, saved alone, is read the same.
+  torch.save(model.state_dict(), tmp_path / "state.pkl")
+  chex.assert_trees_all_equal(
+      convert.load(str(tmp_path / "state.pkl"))[1], params)
+
+
+@needs_dalle
+def test_other_pickles_are_named_and_never_run(tmp_path):
+  import torch  # pylint: disable=g-import-not-at-top
+  from dall_e import decoder  # pylint: disable=g-import-not-at-top
+  torch.save(decoder.Decoder(n_hid=64, n_blk_per_group=1, vocab_size=512),
+             tmp_path / "decoder.pkl")
+  with pytest.raises(ValueError, match="holds a pickled "
+                     r"dall_e.decoder.Decoder, not a DALL-E encoder \(dall_e."
+                     "encoder.Encoder\\): use encoder.pkl"):
+    convert.load(str(tmp_path / "decoder.pkl"))
+
+  marker = tmp_path / "ran"
+
+  class Payload:
+    def __reduce__(self):
+      return (os.mkdir, (str(marker),))
+
+  torch.save({"blocks.input.w": torch.zeros(1), "x": Payload()},
+             tmp_path / "payload.pkl")
+  with pytest.raises(ValueError, match=r"payload.pkl pickles (posix|os)\.mkdir, "
+                     "which a DALL-E encoder does not need"):
+    convert.load(str(tmp_path / "payload.pkl"))
+  assert not marker.exists()
+
+  torch.save({"cls_token": torch.zeros(1, 1, 8)}, tmp_path / "mae.pkl")
+  with pytest.raises(ValueError, match="has no 'blocks.input.w': not a DALL-E "
+                     r"encoder \(its tensors \(1\): cls_token\)"):
+    convert.load(str(tmp_path / "mae.pkl"))
+
+
+@needs_torch
+def test_a_file_that_torch_cannot_read_is_named(tmp_path):
+  (tmp_path / "encoder.pkl").write_text("<html>403 Forbidden</html>")
+  with pytest.raises(ValueError, match="encoder.pkl cannot be read as a file "
+                     "of torch.save"):
+    convert.load(str(tmp_path / "encoder.pkl"))
+
+
+def test_dalle_encoder_without_torch_asks_for_it(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "torch", None)
+  (tmp_path / "encoder.pkl").write_bytes(b"not read")
+  with pytest.raises(ImportError, match="needs torch: pip install torch"):
+    convert.load(str(tmp_path / "encoder.pkl"))
+
+
+def test_dalle_encoder_refuses_mae_options_and_hf_export(tmp_path, capsys):
+  path = tmp_path / "encoder.pkl"
+  path.write_bytes(b"not read")
+  with pytest.raises(ValueError, match="drop --model and --norm_pix_loss"):
+    convert.load(str(path), "base/16")
+  config = dalle.encoder_config(**SMALL_DALLE)
+  rng = np.random.RandomState(0)
+  params = flax.traverse_util.unflatten_dict(
+      {k: rng.randn(*shape).astype(np.float32) for k, shape in
+       dalle.expected_shapes(**SMALL_DALLE).items()}, sep="/")
+  checkpointing.save_params(str(tmp_path / "tokenizer"), config, params)
+  with pytest.raises(SystemExit):
+    convert.main([f"--src={tmp_path / 'tokenizer'}",
+                  f"--dst={tmp_path / 'hf'}", "--format=hf"])
+  assert "is the DALL-E tokenizer; --format=hf writes ViTMAE models only" in (
+      capsys.readouterr().err)
+

@@ -3,10 +3,13 @@
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
+
+from testing_utils import read_only
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHORT_DEMO = [f"--config={ROOT}/configs/demo.py", "--config.batch_size=16",
@@ -14,11 +17,11 @@ SHORT_DEMO = [f"--config={ROOT}/configs/demo.py", "--config.batch_size=16",
               "--config.figure_every_steps=2", "--config.warmup_steps=1"]
 
 
-def run_main(*args, cwd=ROOT):
+def run_main(*args, cwd=ROOT, prefix=(), timeout=600):
   env = dict(os.environ, PYTHONPATH=ROOT)
-  return subprocess.run([sys.executable, "-m", "mae_jax.main", *args],
+  return subprocess.run([*prefix, sys.executable, "-m", "mae_jax.main", *args],
                         cwd=cwd, env=env, capture_output=True, text=True,
-                        timeout=600, check=False)
+                        timeout=timeout, check=False)
 
 
 def test_demo_writes_outputs_and_resumes(tmp_path):
@@ -46,12 +49,42 @@ def test_demo_writes_outputs_and_resumes(tmp_path):
 
 @pytest.mark.parametrize("flag, message", [
     ("--config.batch_size=12", "batch_size=12 is not divisible by the 8"),
-    ("--config.model.mask_raito=0.5", "mask_raito"),
+    ("--config.model.mask_raito=0.5",
+     "unknown config field 'mask_raito'. Did you mean \"mask_ratio\""),
     ("--config.data.source=imagenet", "data.source='imagenet'"),
+    ("--config=configs/no_such_config.py",
+     "--config=configs/no_such_config.py: no such file"),
+    ("--workdir=/proc/mae_jax_workdir", "cannot create "
+     "--workdir=/proc/mae_jax_workdir"),
 ])
 def test_bad_input_fails_before_training_with_a_clear_message(
     tmp_path, flag, message):
-  result = run_main(*SHORT_DEMO, f"--workdir={tmp_path}", flag)
-  assert result.returncode != 0
-  assert message in result.stderr, result.stderr[-3000:]
+  demo = SHORT_DEMO[1:] if flag.startswith("--config=") else SHORT_DEMO
+  result = run_main(*demo, f"--workdir={tmp_path}", flag)
+  assert result.returncode == 1
+  # One or two lines that say what to do, no traceback.
+  assert f"mae_jax.main: error: {message}" in result.stderr, result.stderr[
+      -3000:]
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
   assert not glob.glob(os.path.join(str(tmp_path), "checkpoints", "*"))
+
+
+def test_verbosity_shows_the_traceback(tmp_path):
+  result = run_main(*SHORT_DEMO, f"--workdir={tmp_path}", "--verbosity=1",
+                    "--config.batch_size=12")
+  assert result.returncode == 1
+  assert "Traceback" in result.stderr and "validate_config" in result.stderr
+
+
+def test_a_failed_save_ends_the_run_promptly_with_the_cause(tmp_path):
+  # orbax's threads used to wait minutes for the save that failed, and kept
+  # the process from exiting.
+  checkpoints = tmp_path / "checkpoints"
+  checkpoints.mkdir()
+  result = run_main(*SHORT_DEMO, f"--workdir={tmp_path}",
+                    "--config.total_steps=4",
+                    prefix=read_only(str(checkpoints), []), timeout=240)
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert "mae_jax.main: error:" in result.stderr
+  assert re.search(r"Read-only file system|Permission denied",
+                   result.stderr.split("mae_jax.main: error:")[-1])

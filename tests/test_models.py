@@ -2,6 +2,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from absl.testing import parameterized
 
 from configs import common
@@ -118,6 +119,18 @@ class ModelTest(chex.TestCase, parameterized.TestCase):
     self.assertAlmostEqual(float(params["decoder"]["mask_token"].std()),
                            0.02, delta=0.01)
 
+  def test_patch_embedding_bias_has_the_conv_default_init(self):
+    # PyTorch's Conv2d bias: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in 3*p*p,
+    # which the reference keeps.
+    model = models.build(tiny_model(width=256))
+    params, _ = _init(model, seed=3)
+    bias = np.asarray(params["encoder"]["patch_embed"]["bias"])
+    bound = 1 / np.sqrt(3 * 4 * 4)
+    self.assertLessEqual(np.abs(bias).max(), bound)
+    uniform_std = bound / np.sqrt(3)
+    self.assertAlmostEqual(float(bias.std()), uniform_std,
+                           delta=0.2 * uniform_std)
+
   def test_encoder_runs_at_another_resolution(self):
     model = models.build(tiny_model())
     params, _ = _init(model)
@@ -230,3 +243,56 @@ def test_cpu_and_accelerator_dense_agree_with_their_gradients():
   chex.assert_trees_all_close(pullback(vit._dense_on_last_axis),
                               pullback(vit._dense_on_flat_tokens),
                               rtol=1e-5, atol=1e-5)
+
+
+def official_cae_sincos(embed_dim, grid_size):
+  """Atten4Vis/CAE's build_2d_sincos_position_embedding, transcribed: a
+  meshgrid of (w, h) in 'ij' order, so its 'w' half embeds the row."""
+  grid_w, grid_h = np.meshgrid(np.arange(grid_size, dtype=np.float32),
+                               np.arange(grid_size, dtype=np.float32),
+                               indexing="ij")
+  pos_dim = embed_dim // 4
+  omega = 1.0 / 10000 ** (np.arange(pos_dim, dtype=np.float32) / pos_dim)
+  out_w = np.einsum("m,d->md", grid_w.reshape(-1), omega)
+  out_h = np.einsum("m,d->md", grid_h.reshape(-1), omega)
+  return np.concatenate([np.sin(out_w), np.cos(out_w), np.sin(out_h),
+                         np.cos(out_h)], axis=1)
+
+
+def test_sincos_h_first_matches_the_official_cae_table():
+  np.testing.assert_allclose(vit.sincos_pos_embed_2d(64, 5, 5, "h_first"),
+                             official_cae_sincos(64, 5), atol=1e-6)
+  assert not np.allclose(vit.sincos_pos_embed_2d(64, 5, 5, "w_first"),
+                         official_cae_sincos(64, 5), atol=1e-3)
+  with pytest.raises(ValueError, match="sincos_order='hw'"):
+    vit.sincos_pos_embed_2d(64, 5, 5, "hw")
+
+
+def _block_params(**options):
+  block = vit.Block(2, 16, **options)
+  x = jax.random.normal(jax.random.key(0), (2, 5, 8))
+  params = block.init(jax.random.key(1), x)["params"]
+  noisy = jax.tree.map(
+      lambda p: p + jax.random.normal(jax.random.key(2), p.shape), params)
+  return block, noisy, x
+
+
+def test_leaving_out_the_key_bias_changes_no_output():
+  with_bias, params, x = _block_params()
+  without = vit.Block(2, 16, key_bias=False)
+  # Softmax ignores a key bias: the same parameters give the same output,
+  # though the key third of the bias is not zero here.
+  assert np.any(params["attn"]["qkv"]["bias"][8:16])
+  np.testing.assert_allclose(without.apply({"params": params}, x),
+                             with_bias.apply({"params": params}, x),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_layer_scale_gains_scale_each_branch():
+  block, params, x = _block_params(layer_scale_init=0.1)
+  init = block.init(jax.random.key(1), x)["params"]
+  np.testing.assert_array_equal(init["layer_scale_attn"], np.float32(0.1))
+  zero = dict(params, layer_scale_attn=jnp.zeros(8),
+              layer_scale_mlp=jnp.zeros(8))
+  np.testing.assert_array_equal(block.apply({"params": zero}, x), x)
+  assert not np.allclose(block.apply({"params": params}, x), x)

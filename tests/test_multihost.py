@@ -13,7 +13,8 @@ import pytest
 
 from mae_jax import checkpointing
 from mae_jax import train
-from testing_utils import assert_same_trajectory, tiny_config
+from testing_utils import (assert_same_trajectory, read_only, tiny_config,
+                           tiny_knn_config)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
@@ -32,8 +33,8 @@ from mae_jax import main, writers
 
 create_writer = writers.create_writer
 
-def preempting_writer(workdir):
-  writer = create_writer(workdir)
+def preempting_writer(workdir, **kwargs):
+  writer = create_writer(workdir, **kwargs)
   if {step} == -1 and "--process_id=1" in sys.argv:
     os.kill(os.getpid(), signal.SIGTERM)
   write_scalars = writer.write_scalars
@@ -66,10 +67,12 @@ def _write_config(tmp_path, **overrides) -> str:
 
 
 def _run_processes(entry: list[str], flags: list[str], count: int = 2,
-                   devices_each: int = 4) -> list[str]:
+                   devices_each: int = 4, prefix: list[str] = (),
+                   expected_returncode: int = 0) -> list[str]:
   """Runs `count` processes of `entry` that form one JAX run; their logs.
 
-  Fails with the logs if a process fails or the run takes over 5 minutes.
+  Fails with the logs if a process ends with another code than
+  `expected_returncode`, or the run takes over 5 minutes.
   """
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TESTS]),
              JAX_PLATFORMS="cpu",
@@ -77,9 +80,10 @@ def _run_processes(entry: list[str], flags: list[str], count: int = 2,
   address = f"--coordinator_address=localhost:{_free_port()}"
   processes = [
       subprocess.Popen(
-          [sys.executable, *entry, *flags, address, f"--num_processes={count}",
-           f"--process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-          stderr=subprocess.STDOUT, text=True) for i in range(count)]
+          [*prefix, sys.executable, *entry, *flags, address,
+           f"--num_processes={count}", f"--process_id={i}"], cwd=ROOT, env=env,
+          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(count)]
   logs = []
   try:
     for process in processes:
@@ -88,7 +92,8 @@ def _run_processes(entry: list[str], flags: list[str], count: int = 2,
     for process in processes:
       process.kill()
   for i, (process, log) in enumerate(zip(processes, logs)):
-    assert process.returncode == 0, f"process {i} failed:\n{log[-5000:]}"
+    assert process.returncode == expected_returncode, (
+        f"process {i} ended with {process.returncode}:\n{log[-5000:]}")
   return logs
 
 
@@ -147,7 +152,7 @@ def test_sigterm_to_one_process_stops_all_at_one_step_and_resumes(tmp_path):
   saved = checkpointing.Checkpointer(str(workdir), 3).all_steps()
   assert len(saved) == 1 and 2 < saved[0] < total, (saved, logs[1][-3000:])
   for log in logs:
-    assert f"Preempted: saved step {saved[0]}" in log
+    assert f"Preempted (SIGTERM or Ctrl-C): saved step {saved[0]} in" in log
     assert max(_logged_losses(log)) == saved[0]
 
   # Preempted again before the resumed run's first step: it saves that step.
@@ -156,7 +161,8 @@ def test_sigterm_to_one_process_stops_all_at_one_step_and_resumes(tmp_path):
   resumed_at, saved = saved[0], checkpointing.Checkpointer(
       str(workdir), 3).all_steps()
   assert saved[-1] == resumed_at + 1, (saved, logs[1][-3000:])
-  assert all(f"Preempted: saved step {resumed_at + 1}" in log for log in logs)
+  assert all(f"Preempted (SIGTERM or Ctrl-C): saved step {resumed_at + 1} "
+             "in" in log for log in logs)
 
   logs = _run_processes(["-m", "mae_jax.main"], flags)
   assert all(f"Resuming from step {saved[-1]}" in log for log in logs)
@@ -190,3 +196,80 @@ def test_incomplete_distributed_flags_fail_with_the_fix(tmp_path, flags,
   assert result.returncode != 0
   assert message in result.stderr, result.stderr[-3000:]
   assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_failed_save_stops_every_process_promptly_with_the_cause(tmp_path):
+  # Process 0 cannot create the step's directory; process 1's save waits
+  # for it. Both must stop, naming the cause, instead of waiting minutes.
+  workdir = tmp_path / "read_only"
+  (workdir / "checkpoints").mkdir(parents=True)
+  config = _write_config(tmp_path, total_steps=4, log_every_steps=1,
+                         checkpoint_every_steps=2, figure_every_steps=1000)
+  logs = _run_processes(
+      ["-m", "mae_jax.main"], [f"--config={config}", f"--workdir={workdir}"],
+      prefix=read_only(str(workdir / "checkpoints"), []),
+      expected_returncode=1)
+  for log in logs:
+    error = log.split("mae_jax.main: error:")[-1]
+    assert re.search(r"Read-only file system|Permission denied", error), log[
+        -3000:]
+
+
+# Two processes share decisions through mae_jax.multihost; process 0 skips
+# the last one, as a process that failed would.
+DECISIONS = """
+import sys
+import jax
+from mae_jax import multihost
+
+process_id = int(sys.argv[2])
+jax.distributed.initialize(sys.argv[1], 2, process_id)
+error = ValueError("bad input on 1") if process_id == 1 else None
+print("errors:", multihost.gather_errors("checking", error), flush=True)
+
+def decide():
+  raise FileNotFoundError("no such checkpoint")
+
+try:
+  multihost.on_process_0("deciding", decide)
+except FileNotFoundError as e:
+  print("decision failed:", e, flush=True)
+if process_id == 1:
+  try:
+    multihost.on_process_0("waiting", lambda: "", timeout_s=3)
+  except TimeoutError as e:
+    print("timed out:", e, flush=True)
+"""
+
+
+def test_decisions_are_shared_and_waits_end():
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  address = f"localhost:{_free_port()}"
+  processes = [subprocess.Popen(
+      [sys.executable, "-c", DECISIONS, address, str(i)], env=env,
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for i in range(2)]
+  try:
+    outputs = [p.communicate(timeout=120)[0] for p in processes]
+  finally:
+    for p in processes:
+      p.kill()
+  for output in outputs:
+    assert "errors: ['process 1: ValueError: bad input on 1']" in output, output
+    assert "decision failed: no such checkpoint" in output, output
+  assert re.search(r"timed out: waiting: process 0 did not report within 3 s",
+                   outputs[1]), outputs[1]
+
+
+def test_knn_over_two_processes_is_the_knn_of_one(tmp_path):
+  # The bank sharded over 2 processes x 4 devices, the candidates merged
+  # across processes inside the step.
+  config_file = tmp_path / "knn_config.py"
+  config_file.write_text("from testing_utils import tiny_knn_config\n\n"
+                         "def get_config():\n  return tiny_knn_config()\n")
+  _run_processes(["-m", "mae_jax.main"], [f"--config={config_file}",
+                                          f"--workdir={tmp_path / 'two'}"])
+  train.train_and_evaluate(tiny_knn_config(), str(tmp_path / "one"))
+  two, one = _read_metrics(tmp_path / "two"), _read_metrics(tmp_path / "one")
+  assert two == one and "eval/knn_top1" in one[0]

@@ -2,6 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from mae_jax import models
 from mae_jax import optim
@@ -30,22 +31,38 @@ def test_schedule_warms_up_linearly_then_follows_half_cosine():
   assert np.all(np.diff(values) <= 1e-7)
 
 
-def test_weight_decay_applies_to_weight_matrices_only():
+def test_pretraining_decays_all_but_one_dimensional_parameters():
+  # timm 0.3.2's add_weight_decay with an empty skip list, as the reference's
+  # main_pretrain.py calls it: the cls and mask tokens are decayed.
   model = models.build(tiny_config().model)
   params = jax.eval_shape(lambda: model.init(
       jax.random.key(0), jnp.zeros((1, 16, 16, 3)), jnp.zeros((1, 16))))
-  mask = optim.weight_decay_mask(params["params"])
+  mask = optim.weight_decay_mask(params["params"], optim.no_decay_names(
+      "pretrain"))
   encoder, decoder = mask["encoder"], mask["decoder"]
   block = encoder["transformer"]["blocks_0"]
   assert block["attn"]["qkv"]["kernel"] and block["mlp"]["fc1"]["kernel"]
   assert encoder["patch_embed"]["kernel"] and decoder["pred"]["kernel"]
+  assert encoder["cls_token"] and decoder["mask_token"]
   assert not block["attn"]["qkv"]["bias"]
   assert not block["norm1"]["scale"] and not block["norm1"]["bias"]
-  assert not encoder["cls_token"] and not decoder["mask_token"]
 
 
-def test_adamw_decays_only_masked_parameters():
-  config = tiny_config()
+def test_classifiers_spare_the_position_embedding_and_cls_token():
+  # The reference's fine-tuning skips the model's no_weight_decay() set.
+  config = tiny_classifier_config("finetune")
+  mask = optim.weight_decay_mask(_classifier_params(config),
+                                 optim.no_decay_names(config.mode))
+  encoder = mask["encoder"]
+  assert not encoder["cls_token"] and not encoder["pos_embed"]
+  assert encoder["patch_embed"]["kernel"] and mask["head"]["kernel"]
+  assert not mask["head"]["bias"] and not mask["fc_norm"]["scale"]
+
+
+@pytest.mark.parametrize("mode, token_decay", [("pretrain", -0.5 * 0.05),
+                                               ("finetune", 0.0)])
+def test_adamw_decays_only_masked_parameters(mode, token_decay):
+  config = tiny_config(mode=mode)
   params = {"w": jnp.ones((2, 2)), "b": jnp.ones((2,)),
             "cls_token": jnp.ones((1, 1, 2))}
   tx = optim.make_optimizer(config, lambda _: 0.5, params)
@@ -53,7 +70,7 @@ def test_adamw_decays_only_masked_parameters():
   updates, _ = tx.update(zero_grads, tx.init(params), params)
   np.testing.assert_allclose(updates["w"], -0.5 * 0.05)
   np.testing.assert_array_equal(updates["b"], 0.0)
-  np.testing.assert_array_equal(updates["cls_token"], 0.0)
+  np.testing.assert_allclose(updates["cls_token"], token_decay)
 
 
 def test_gradient_clipping_when_configured():
@@ -139,3 +156,40 @@ def test_lars_applies_the_lr_after_momentum_as_the_reference():
   second, _ = tx.update(grads, state, params)
   np.testing.assert_allclose(first["b"], -1.0)  # lr 1 x buffer 1
   np.testing.assert_allclose(second["b"], -2.0 * 1.9)  # lr 2 x buffer 1.9
+
+
+def test_attentive_probe_lr_is_not_rescaled_by_the_batch():
+  config = tiny_classifier_config("attentive_probe")
+  for batch_size in (16, 8192):
+    config.batch_size = batch_size
+    assert optim.peak_learning_rate(config) == 0.4
+
+
+def test_attentive_probe_trains_pooling_and_head_with_nesterov_sgd():
+  config = tiny_classifier_config("attentive_probe")
+  params = jax.tree.map(lambda s: jnp.ones(s.shape),
+                        _classifier_params(config))
+  mask = optim.trainable_mask(config, params)
+  assert all(jax.tree.leaves(mask["attentive_pool"]))
+  assert all(jax.tree.leaves(mask["head"]))
+  assert not any(jax.tree.leaves(mask["encoder"]))
+  lrs = {0: 1.0, 1: 0.5}
+  tx = optim.make_optimizer(config, lambda step: lrs[int(step)], params)
+  state = tx.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  first, state = tx.update(grads, state, params)
+  second, _ = tx.update(jax.tree.map(lambda g: 2 * g, grads), state, params)
+  assert not any(np.any(u) for u in jax.tree.leaves(second["encoder"]))
+  # PyTorch's SGD(nesterov=True): buf = 0.9 buf + g; step = lr (g + 0.9 buf).
+  buf = 1.0
+  np.testing.assert_allclose(first["head"]["kernel"], -1.0 * (1 + 0.9 * buf))
+  buf = 0.9 * buf + 2
+  np.testing.assert_allclose(second["head"]["kernel"],
+                             -0.5 * (2 + 0.9 * buf), rtol=1e-6)
+
+
+def test_knn_trains_nothing():
+  config = tiny_classifier_config("linear_probe")
+  config.mode = "knn"
+  assert not any(jax.tree.leaves(optim.trainable_mask(
+      config, _classifier_params(config))))

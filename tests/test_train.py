@@ -7,6 +7,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from mae_jax import devices as devices_lib
@@ -15,7 +16,8 @@ from mae_jax import optim
 from mae_jax import tasks
 from mae_jax import train
 from mae_jax.data import sources
-from testing_utils import assert_same_trajectory, tiny_config
+from testing_utils import assert_same_trajectory, tiny_classifier_config
+from testing_utils import tiny_config
 
 
 def _read_metrics(workdir):
@@ -28,24 +30,26 @@ def _fixed_batch(config, num_devices):
   per_device = config.batch_size // num_devices
   size = config.model.image_size
   digits = sources.DigitsSource("train", size)
-  images = np.stack([digits[i].image for i in range(config.batch_size)])
+  examples = [digits[i] for i in range(config.batch_size)]
+  images = np.stack([example.image for example in examples])
+  labels = np.asarray([example.label for example in examples], np.int32)
   return {
       "image": images.reshape(num_devices, per_device, size, size, 3),
-      "label": np.zeros((num_devices, per_device), np.int32),
+      "label": labels.reshape(num_devices, per_device),
       "example_id": np.arange(config.batch_size, dtype=np.int32).reshape(
           num_devices, per_device),
   }
 
 
-def _step_fn(config, grad_accum_steps=1):
+def _step_fn(config, grad_accum_steps=1, devices=None):
   task = tasks.make_task(config, train.AXIS)
-  schedule = optim.warmup_cosine_schedule(
-      optim.peak_learning_rate(config), config.warmup_steps,
-      config.total_steps)
-  state = train.create_train_state(task, config, jax.random.key(0), schedule)
+  schedule = optim.make_schedule(config)
+  state = train.create_train_state(task, config, jax.random.key(0), schedule,
+                                   load_init_from=False)
   step = jax.pmap(functools.partial(
       train.train_step, task=task, schedule=schedule,
-      grad_accum_steps=grad_accum_steps), axis_name=train.AXIS)
+      grad_accum_steps=grad_accum_steps), axis_name=train.AXIS,
+                  devices=devices)
   return state, step
 
 
@@ -74,12 +78,47 @@ def test_gradient_accumulation_matches_the_whole_batch():
 
   def loss_fn(params, model_state, batch):
     images, noise = batch
-    return model.apply({"params": params}, images, noise).loss, model_state
+    out = model.apply({"params": params}, images, noise)
+    return out.loss, (model_state, {"mean_pred": out.pred.mean()})
 
   accumulate = jax.jit(train.accumulate_gradients, static_argnums=(0, 4))
   whole = accumulate(loss_fn, params, {}, (images, noise), 1)
   in_four = accumulate(loss_fn, params, {}, (images, noise), 4)
   chex.assert_trees_all_close(whole, in_four, rtol=1e-5, atol=1e-7)
+
+
+def _mixing_finetune_config():
+  config = tiny_classifier_config("finetune", batch_size=16)
+  config.augment.update(mixup_alpha=0.8, cutmix_alpha=1.0, mix_group_size=4,
+                        label_smoothing=0.1, random_erasing=0.25)
+  return config
+
+
+@pytest.mark.parametrize("make_config", [tiny_config, _mixing_finetune_config],
+                         ids=["pretrain", "finetune_with_mixup"])
+def test_accumulating_two_micro_batches_is_the_whole_batch(make_config):
+  # The pmapped step end to end: masking, drop path, random erasing and
+  # mixup groups are keyed by example and step, so splitting each device's
+  # 8 examples in two micro-batches leaves the gradient as it was.
+  config = make_config()
+  devices = jax.local_devices()[:2]
+  batch = devices_lib.shard(_fixed_batch(config, 2), devices)
+  rng = devices_lib.replicate(jax.random.key(1), devices)
+  results = []
+  for accum in (1, 2):
+    state, step = _step_fn(config, accum, devices)
+    new_state, metrics = step(devices_lib.replicate(state, devices), batch,
+                              rng)
+    # Adam's first moment after one step is (1 - b1) x the gradient.
+    mu = optax.tree_utils.tree_get(
+        devices_lib.unreplicate(new_state.opt_state), "mu")
+    results.append((float(devices_lib.unreplicate(metrics).loss.compute()),
+                    jax.tree.map(np.asarray, mu)))
+  (loss_whole, mu_whole), (loss_split, mu_split) = results
+  np.testing.assert_allclose(loss_split, loss_whole, rtol=1e-6)
+  chex.assert_trees_all_close(mu_split, mu_whole, rtol=1e-4, atol=1e-9)
+  # Not vacuous: the gradient is far from zero.
+  assert optax.global_norm(mu_whole) > 1e-3
 
 
 def test_same_trajectory_on_one_and_on_eight_devices(tmp_path):
@@ -126,23 +165,62 @@ def test_train_step_compiles_once(tmp_path):
   assert len(step_compiles) == 1, step_compiles
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
+def test_a_diverging_update_stops_the_run_at_its_step(tmp_path):
   workdir = str(tmp_path)
   config = tiny_config(total_steps=2, checkpoint_every_steps=2)
   train.train_and_evaluate(config, workdir)
-  # An absurd learning rate blows the parameters up at step 3, so the loss of
-  # step 4 is not finite (step 3's loss was computed before the update).
+  # An absurd learning rate makes step 3's update overflow while its loss is
+  # still finite: the update norm stops the run at step 3, not at step 4
+  # where the loss would show it.
   config.total_steps, config.warmup_steps = 6, 0
   config.optimizer.base_lr = 1e35
   with pytest.raises(FloatingPointError,
-                     match=r"not finite at step 4.*step 2\) .* is intact"):
+                     match=r"not finite at step 3.*steps \[2\].*resume "
+                     r"from step 2.*new --workdir"):
     train.train_and_evaluate(config, workdir)
   checkpointer = train.checkpointing.Checkpointer(workdir, 3)
   assert checkpointer.all_steps() == [2]
   state, _ = _step_fn(config)
-  restored, step = checkpointer.restore_latest(train.checkpoint_tree(state))
+  restored, step = checkpointer.restore(
+      train.checkpoint_tree(state, config, digest=None))
   assert step == 2
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored))
+
+
+@pytest.mark.parametrize("loss, grad_norm, update_norm, flagged", [
+    (1.0, 2.0, 0.1, False),
+    (np.nan, 2.0, 0.1, True),
+    (1.0, np.inf, 0.1, True),  # the loss is still finite at this step
+    (1.0, 2.0, np.inf, True),
+])
+def test_a_step_with_a_non_finite_loss_gradient_or_update_is_flagged(
+    loss, grad_norm, update_norm, flagged):
+  metric = train.NonFiniteStep.from_model_output(
+      loss=jnp.float32(loss), grad_norm=jnp.float32(grad_norm),
+      update_norm=jnp.float32(update_norm), step=jnp.int32(7))
+  assert int(metric.merge(train.NonFiniteStep(jnp.int32(-1))).compute()) == (
+      7 if flagged else -1)
+
+
+def test_resume_step_rolls_back_once_and_keeps_the_later_steps(tmp_path):
+  workdir = str(tmp_path)
+  config = tiny_config(total_steps=4, checkpoint_every_steps=2,
+                       log_every_steps=1)
+  train.train_and_evaluate(config, workdir)
+  # The way out of a run that diverged after step 2: resume from step 2.
+  config.update(total_steps=6, resume_step=2)
+  state = train.train_and_evaluate(config, workdir)
+  assert int(state.step) == 6
+  directory = os.path.join(workdir, "checkpoints")
+  assert [name.split(".")[:2] for name in os.listdir(directory)
+          if ".abandoned." in name] == [["4", "abandoned"]]
+  assert [r["step"] for r in _read_metrics(workdir)] == [1, 2, 3, 4, 5, 6]
+  # The same command again (after a preemption, say) resumes from the
+  # newest step of the rolled-back run, not from step 2 again.
+  config.total_steps = 8
+  train.train_and_evaluate(config, workdir)
+  assert train.checkpointing.Checkpointer(workdir, 3).all_steps() == [4, 6, 8]
+  assert [r["step"] for r in _read_metrics(workdir)] == list(range(1, 9))
 
 
 def test_parameters_overflowed_by_the_last_step_are_not_saved(tmp_path):
@@ -156,3 +234,17 @@ def test_parameters_overflowed_by_the_last_step_are_not_saved(tmp_path):
   with pytest.raises(FloatingPointError, match=r"not finite at step 3"):
     train.train_and_evaluate(config, workdir)
   assert train.checkpointing.Checkpointer(workdir, 3).all_steps() == [2]
+
+
+def test_a_run_in_epochs_trains_the_steps_they_make(tmp_path):
+  # 1497 training digits at batch 16: 93 steps an epoch; 0.05 epochs -> 5.
+  config = tiny_config(total_steps=0, total_epochs=0.05, warmup_steps=0,
+                       warmup_epochs=0.02, log_every_steps=1)
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 5
+  records = _read_metrics(tmp_path)
+  assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
+  # Warm-up of round(0.02 * 93) = 2 steps: lr 0 at step 1, the peak at 3.
+  peak = optim.peak_learning_rate(config)
+  lrs = [r["train/lr"] for r in records]
+  np.testing.assert_allclose(lrs[:3], [0.0, peak / 2, peak], rtol=1e-6)

@@ -9,8 +9,11 @@ from mae_jax import convert
 from mae_jax import losses
 from mae_jax import models
 from mae_jax import patches
+from mae_jax import tasks
+from mae_jax import train
 from mae_jax import visualize
 from mae_jax.data import transforms
+from testing_utils import tiny_cae_config
 
 
 def _images(b=2, size=8, seed=0):
@@ -59,15 +62,33 @@ def test_masked_panel_hides_removed_patches_and_pasted_keeps_visible_ones():
   np.testing.assert_array_equal(pasted[4:, 4:], original[0][4:, 4:])
 
 
-def test_save_png_upscales_small_images(tmp_path):
+def test_upscale_makes_every_panel_at_least_min_panel_wide():
   figure = np.zeros((18, 38, 3), np.uint8)  # 2 rows of 8x8 panels
+  assert visualize.upscale(figure, image_size=8,
+                           min_panel=100).shape == (18 * 13, 38 * 13, 3)
+  assert visualize.upscale(figure, image_size=224).shape == (18, 38, 3)
+
+
+def test_save_png_writes_the_figure(tmp_path):
+  figure = np.random.RandomState(0).randint(0, 256, (18, 38, 3)).astype(
+      np.uint8)
   path = str(tmp_path / "fig.png")
-  visualize.save_png(figure, path, image_size=8, min_panel=100)
+  visualize.save_png(figure, path)
   with Image.open(path) as image:
-    assert image.size == (38 * 13, 18 * 13)
-  visualize.save_png(figure, path, image_size=224)
-  with Image.open(path) as image:
-    assert image.size == (38, 18)
+    np.testing.assert_array_equal(np.asarray(image), figure)
+
+
+def test_column_titles_are_drawn_above_their_columns():
+  figure = np.full((40, 4 * 42 - 2, 3), 100, np.uint8)
+  titled = visualize.annotate(figure, columns=("a", "b", "c", "d"))
+  top = titled.shape[0] - figure.shape[0]
+  np.testing.assert_array_equal(titled[top:], figure)
+  header = titled[:top] < 128  # dark text on white
+  quarter = figure.shape[1] // 4
+  for column in range(4):  # every column has its own title
+    assert header[:, column * quarter:(column + 1) * quarter].any(), column
+  assert visualize.COLUMNS == ("masked input", "reconstruction",
+                               "with visible patches", "original")
 
 
 def test_figure_matches_model_output_shapes():
@@ -78,14 +99,11 @@ def test_figure_matches_model_output_shapes():
   assert figure.shape == (3 * 18 - 2, 4 * 18 - 2, 3)
 
 
-def test_title_is_drawn_above_the_panels(tmp_path):
-  figure = np.full((18, 38, 3), 100, np.uint8)
-  plain, titled = str(tmp_path / "plain.png"), str(tmp_path / "titled.png")
-  visualize.save_png(figure, plain, image_size=8, min_panel=100)
-  visualize.save_png(figure, titled, image_size=8, min_panel=100,
-                     title="a title long enough to be wrapped " * 8)
-  with Image.open(plain) as p, Image.open(titled) as t:
-    plain, titled = np.asarray(p), np.asarray(t)
+def test_title_is_drawn_above_the_panels():
+  figure = visualize.upscale(np.full((18, 38, 3), 100, np.uint8), 8, 100)
+  plain = visualize.annotate(figure)
+  titled = visualize.annotate(
+      figure, title="a title long enough to be wrapped " * 8)
   top = titled.shape[0] - plain.shape[0]
   assert top > 30  # several lines
   np.testing.assert_array_equal(titled[top:], plain)
@@ -134,5 +152,36 @@ def test_cli_refuses_a_checkpoint_without_decoder(tmp_path):
       dict(model=config, mode="pretrain")), {"encoder": params["encoder"]})
   with pytest.raises(ValueError, match="has no decoder"):
     visualize.main([f"--checkpoint={tmp_path / 'ours'}",
+                    f"--image={_photo(tmp_path / 'photo.png')}",
+                    f"--out={tmp_path / 'fig.png'}"])
+
+
+def test_a_decoder_of_the_masked_patches_leaves_the_visible_ones_blank():
+  images = _images()
+  pred = np.ones((2, 4, 48), np.float32)
+  mask = np.asarray([[1, 0, 0, 0], [0, 0, 0, 1]], np.float32)
+  figure = visualize.reconstruction_figure(images, pred, mask, 4,
+                                           norm_pix=False,
+                                           visible_predicted=False)
+  masked, recon, pasted, _ = _panels(figure, 2, 8)[0]
+  np.testing.assert_array_equal(recon[4:, 4:], masked[:4, :4])  # blank
+  np.testing.assert_array_equal(recon[:4, :4], pasted[:4, :4])  # predicted
+
+
+def test_panels_figure_puts_a_column_per_panel():
+  images = _images()
+  figure = visualize.panels_figure([images, -images])
+  assert figure.shape == (2 * 8 + 2, 2 * 8 + 2, 3)
+  np.testing.assert_array_equal(figure[:8, :8], _as_uint8(images)[0])
+
+
+def test_cli_refuses_a_cae_checkpoint(tmp_path):
+  config = tiny_cae_config()
+  params = tasks.make_task(config, train.AXIS).init_variables(
+      jax.random.key(0), False)[0]
+  checkpointing.save_params(str(tmp_path / "cae"), config,
+                            jax.device_get(params))
+  with pytest.raises(ValueError, match="is a CAE checkpoint.*its workdir"):
+    visualize.main([f"--checkpoint={tmp_path / 'cae'}",
                     f"--image={_photo(tmp_path / 'photo.png')}",
                     f"--out={tmp_path / 'fig.png'}"])

@@ -1,11 +1,17 @@
-"""Models by name: ViT sizes, `build(model_config)` for the MAE and
-`build_classifier(model_config)` for the evaluation protocols."""
+"""Models by name: ViT sizes, `build(model_config)` for the pretraining
+model (MAE or CAE, by `model_config.name`),
+`build_classifier(model_config)` for the evaluation protocols and
+`build_encoder(model_config)` for the k-NN of a frozen encoder; `dalle` holds
+CAE's DALL-E tokenizer."""
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mae_jax import patches
+from mae_jax.models.cae import CAE, CAEOutput
 from mae_jax.models.classifier import ViTClassifier
+from mae_jax.models.dalle import DalleEncoder
 from mae_jax.models.mae import MAE, MAEDecoder, MAEOutput
 from mae_jax.models.vit import VisionEncoder
 
@@ -19,6 +25,10 @@ VIT_SIZES = {
 }
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+PRETRAINING_MODELS = {"mae": MAE, "cae": CAE}
+# Model config fields that the task reads, not the model: the masking it
+# draws (masking.py), what it loads and how it initialises.
+TASK_FIELDS = ("name", "masking", "tokenizer_path", "weight_init")
 
 
 def encoder_size(name: str) -> dict:
@@ -57,11 +67,21 @@ def compute_dtype(name: str, platform: str | None = None):
   return DTYPES[name]
 
 
-def build(model_config: ml_collections.ConfigDict) -> MAE:
-  """The MAE described by `model_config` (see configs/common.py)."""
-  fields = dict(model_config)
+def method_of(model_config: ml_collections.ConfigDict) -> str:
+  """'mae' or 'cae'; configs written before CAE existed are MAE's."""
+  name = model_config.get("name", "mae")
+  if name not in PRETRAINING_MODELS:
+    raise ValueError(f"model.name={name!r} is not known; use one of "
+                     f"{sorted(PRETRAINING_MODELS)}")
+  return name
+
+
+def build(model_config: ml_collections.ConfigDict) -> MAE | CAE:
+  """The MAE or CAE described by `model_config` (configs/common.py)."""
+  model_cls = PRETRAINING_MODELS[method_of(model_config)]
+  fields = {k: v for k, v in model_config.items() if k not in TASK_FIELDS}
   fields["dtype"] = compute_dtype(fields["dtype"])
-  return MAE(**fields)
+  return model_cls(**fields)
 
 
 def build_classifier(model_config: ml_collections.ConfigDict,
@@ -76,6 +96,23 @@ def build_classifier(model_config: ml_collections.ConfigDict,
   return ViTClassifier(**fields, axis_name=axis_name)
 
 
-__all__ = ["MAE", "MAEDecoder", "MAEOutput", "VisionEncoder", "ViTClassifier",
-           "VIT_SIZES", "build", "build_classifier", "compute_dtype",
-           "encoder_size", "size_name"]
+def build_encoder(model_config: ml_collections.ConfigDict) -> VisionEncoder:
+  """The bare encoder described by `model_config` (configs/common.py
+  `encoder_model`): what a classifier holds under 'encoder', without a head.
+  """
+  grid = patches.grid_size(model_config.image_size, model_config.patch_size)
+  return VisionEncoder(
+      model_config.patch_size, model_config.width, model_config.depth,
+      model_config.num_heads, model_config.mlp_dim,
+      model_config.layer_norm_eps, model_config.remat,
+      compute_dtype(model_config.dtype),
+      pos_embed_grid=(grid, grid) if model_config.learned_pos_embed else None,
+      layer_scale_init=model_config.layer_scale_init,
+      key_bias=model_config.key_bias,
+      sincos_order=model_config.sincos_order)
+
+
+__all__ = ["CAE", "CAEOutput", "DalleEncoder", "MAE", "MAEDecoder",
+           "MAEOutput", "VisionEncoder", "ViTClassifier", "VIT_SIZES",
+           "build", "build_classifier", "build_encoder", "compute_dtype",
+           "encoder_size", "method_of", "size_name"]

@@ -67,9 +67,11 @@ class MAEDecoder(nn.Module):
 class MAE(nn.Module):
   """Masked autoencoder: ViT encoder on visible patches + light decoder.
 
-  `__call__(images, noise=None)` masks with `noise` (B, L) when given, so a
-  masking can be reproduced exactly; otherwise it draws noise from the
-  'masking' rng stream.
+  `__call__(images, noise=None, drop_keys=None)` masks with `noise` (B, L)
+  when given, so a masking can be reproduced exactly; otherwise it draws
+  uniform noise from the 'masking' rng stream. `drop_keys` (B,) turns drop
+  path on in the encoder. The encoder takes the CAE/BEiT options of
+  models/vit.py (all off by default).
 
   `encoder_mask_tokens=True` is the paper's ablation "w/ [M]" (MAE Table 1c
   and Table 2): the encoder sees every patch, the removed ones replaced by a
@@ -94,6 +96,10 @@ class MAE(nn.Module):
   remat: bool = False
   encoder_mask_tokens: bool = False
   dtype: Dtype = jnp.float32
+  drop_path_rate: float = 0.0
+  layer_scale_init: float = 0.0
+  key_bias: bool = True
+  sincos_order: str = "w_first"
 
   def setup(self):
     if self.encoder_mask_tokens:
@@ -102,7 +108,9 @@ class MAE(nn.Module):
                                    (1, 1, self.width))
     self.encoder = vit.VisionEncoder(
         self.patch_size, self.width, self.depth, self.num_heads, self.mlp_dim,
-        self.layer_norm_eps, self.remat, self.dtype)
+        self.layer_norm_eps, self.remat, self.dtype, self.drop_path_rate,
+        layer_scale_init=self.layer_scale_init, key_bias=self.key_bias,
+        sincos_order=self.sincos_order)
     self.decoder = MAEDecoder(
         self.patch_size, self.decoder_width, self.decoder_depth,
         self.decoder_num_heads, self.decoder_mlp_dim, self.layer_norm_eps,
@@ -112,7 +120,8 @@ class MAE(nn.Module):
   def num_patches(self) -> int:
     return patches.grid_size(self.image_size, self.patch_size) ** 2
 
-  def encode(self, images: jnp.ndarray, noise: jnp.ndarray):
+  def encode(self, images: jnp.ndarray, noise: jnp.ndarray,
+             drop_keys: jax.Array | None = None):
     """Embeds all patches, drops the masked ones, encodes the visible rest.
 
     Returns latent (B, 1 + len_keep, D), mask (B, L), ids_restore (B, L);
@@ -122,13 +131,13 @@ class MAE(nn.Module):
     len_keep = masking.num_kept(tokens.shape[1], self.mask_ratio)
     visible, mask, ids_restore = masking.random_masking(tokens, noise, len_keep)
     if not self.encoder_mask_tokens:
-      return self.encoder.transform(visible), mask, ids_restore
+      return self.encoder.transform(visible, drop_keys), mask, ids_restore
     grid = (patches.grid_size(images.shape[1], self.patch_size),
             patches.grid_size(images.shape[2], self.patch_size))
-    mask_tokens = self.mask_token + vit.sincos_pos_embed_2d(self.width, *grid)
+    mask_tokens = self.mask_token + self.encoder.sincos_table(*grid)
     tokens = jnp.where(mask[..., None] > 0, mask_tokens.astype(tokens.dtype),
                        tokens)  # (B, L, D), image order
-    return self.encoder.transform(tokens), mask, None
+    return self.encoder.transform(tokens, drop_keys), mask, None
 
   def decode(self, latent: jnp.ndarray, ids_restore: jnp.ndarray | None,
              grid_hw: tuple[int, int]) -> jnp.ndarray:
@@ -141,14 +150,14 @@ class MAE(nn.Module):
         pred, target, mask, norm_pix=self.norm_pix_loss,
         on_all_patches=self.loss_on_all_patches)
 
-  def __call__(self, images: jnp.ndarray,
-               noise: jnp.ndarray | None = None) -> MAEOutput:
+  def __call__(self, images: jnp.ndarray, noise: jnp.ndarray | None = None,
+               drop_keys: jax.Array | None = None) -> MAEOutput:
     b, h, w, _ = images.shape
     grid_hw = (patches.grid_size(h, self.patch_size),
                patches.grid_size(w, self.patch_size))
     if noise is None:
       noise = jax.random.uniform(self.make_rng("masking"),
                                  (b, grid_hw[0] * grid_hw[1]))
-    latent, mask, ids_restore = self.encode(images, noise)
+    latent, mask, ids_restore = self.encode(images, noise, drop_keys)
     pred = self.decode(latent, ids_restore, grid_hw)
     return MAEOutput(loss=self.loss(images, pred, mask), pred=pred, mask=mask)

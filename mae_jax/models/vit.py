@@ -1,8 +1,14 @@
-"""Vision Transformer pieces shared by the MAE encoder and decoder (MAE §3).
+"""Vision Transformer pieces shared by the MAE and CAE models and the
+classifier.
 
 Pre-LayerNorm blocks with exact GELU, a fused qkv projection with bias, and
 xavier-uniform init everywhere, as in the official MAE release. Parameters are
 float32; `dtype` is the compute dtype (bfloat16 on accelerators).
+
+The BEiT-style encoder of CAE (Atten4Vis/CAE `models/modeling_cae_helper.py`)
+differs in three options, all off by default so that MAE is unchanged: layer
+scale (a learned per-channel gain on each residual branch), no key bias (q
+and v biases only) and the other order of the sin-cos table's halves.
 """
 
 import functools
@@ -22,14 +28,25 @@ xavier_uniform = nn.initializers.xavier_uniform()
 token_init = nn.initializers.normal(stddev=0.02)
 
 
+# Which coordinate's embedding comes first in the sin-cos table: MAE's
+# `util/pos_embed.py` puts the column (w) first, CAE's
+# `build_2d_sincos_position_embedding` the row (h).
+SINCOS_ORDERS = ("w_first", "h_first")
+
+
 @functools.lru_cache(maxsize=None)
-def sincos_pos_embed_2d(width: int, grid_h: int, grid_w: int) -> np.ndarray:
+def sincos_pos_embed_2d(width: int, grid_h: int, grid_w: int,
+                        order: str = "w_first") -> np.ndarray:
   """Fixed 2-D sin-cos position embedding, (grid_h * grid_w, width) float32.
 
-  Official layout: [sin(w) | cos(w) | sin(h) | cos(h)], each width/4 wide,
-  frequencies 1 / 10000^(2i / (width/2)); tokens in row-major (h, w) order.
-  Pretrained weights depend on this exact layout.
+  MAE's layout ('w_first'): [sin(w) | cos(w) | sin(h) | cos(h)], each width/4
+  wide, frequencies 1 / 10000^(2i / (width/2)); tokens in row-major (h, w)
+  order. CAE's ('h_first') swaps the halves: [sin(h) | cos(h) | sin(w) |
+  cos(w)] (its meshgrid names the row 'w'; for the square grids it is used
+  with, that is the row first). Pretrained weights depend on the exact layout.
   """
+  if order not in SINCOS_ORDERS:
+    raise ValueError(f"sincos_order={order!r}; use one of {SINCOS_ORDERS}")
   if width % 4:
     raise ValueError(f"width={width} must be divisible by 4 for the 2-D "
                      "sin-cos position embedding")
@@ -42,7 +59,24 @@ def sincos_pos_embed_2d(width: int, grid_h: int, grid_w: int) -> np.ndarray:
     angles = np.outer(positions.reshape(-1), omega)  # (L, width/4)
     return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
 
-  return np.concatenate([embed_1d(w), embed_1d(h)], axis=1).astype(np.float32)
+  halves = [embed_1d(w), embed_1d(h)]
+  if order == "h_first":
+    halves.reverse()
+  return np.concatenate(halves, axis=1).astype(np.float32)
+
+
+def conv_bias_init(fan_in: int) -> nn.initializers.Initializer:
+  """PyTorch's default init of a conv bias, U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+
+  The reference re-initialises the patch embedding's conv weight (xavier) but
+  keeps this default for its bias (models_mae.initialize_weights).
+  """
+  bound = 1 / np.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
 
 
 def gelu(x: jnp.ndarray) -> jnp.ndarray:
@@ -61,16 +95,19 @@ def _dense_on_flat_tokens(x, kernel, bias):
   return (flat @ kernel + bias).reshape(x.shape[:-1] + (kernel.shape[-1],))
 
 
+
 def _dense_on_last_axis(x, kernel, bias):
   return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ()))
                              ) + bias
 
 
-def dense_params(module: nn.Module, in_features: int, features: int):
-  """(kernel (in, out) xavier-uniform, bias zeros): `nn.Dense`'s parameters,
+def dense_params(module: nn.Module, in_features: int, features: int,
+                 bias_init: nn.initializers.Initializer = nn.initializers.zeros
+                 ) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """(kernel (in, out) xavier-uniform, bias): `nn.Dense`'s parameters,
   declared in `module`'s scope."""
   return (module.param("kernel", xavier_uniform, (in_features, features)),
-          module.param("bias", nn.initializers.zeros, (features,)))
+          module.param("bias", bias_init, (features,)))
 
 
 class DenseParams(nn.Module):
@@ -85,7 +122,9 @@ class DenseParams(nn.Module):
 
 
 class Dense(nn.Module):
-  """A linear layer over the last axis, with `nn.Dense`'s parameters.
+  """A linear layer over the last axis, with `nn.Dense`'s parameters
+  ('kernel' (in, out) xavier-uniform, 'bias' zeros unless `bias_init` says
+  otherwise).
 
   On CPU the tokens are flattened to 2-D first: XLA:CPU then emits the
   weight gradient in the kernel's own layout; with (B, N, D) inputs it came
@@ -97,10 +136,17 @@ class Dense(nn.Module):
   """
   features: int
   dtype: Dtype = jnp.float32
+  bias_init: nn.initializers.Initializer = nn.initializers.zeros
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    kernel, bias = dense_params(self, x.shape[-1], self.features)
+  def __call__(self, x: jnp.ndarray,
+               bias_mask: np.ndarray | None = None) -> jnp.ndarray:
+    """`bias_mask` (features,) of 0/1 leaves out the bias where it is 0; the
+    gradient of those bias entries is then exactly zero."""
+    kernel, bias = dense_params(self, x.shape[-1], self.features,
+                                self.bias_init)
+    if bias_mask is not None:
+      bias = bias * bias_mask
     return platforms.per_platform(
         x.astype(self.dtype), kernel.astype(self.dtype),
         bias.astype(self.dtype), cpu=_dense_on_flat_tokens,
@@ -187,12 +233,27 @@ def _attention_per_head(x, qkv_kernel, qkv_bias, proj_kernel, proj_bias, *,
           proj_bias.astype(dtype))
 
 
+def without_key_bias(width: int) -> np.ndarray:
+  """The `bias_mask` of a fused [q | k | v] projection that has q and v
+  biases but no k bias, as BEiT and CAE have.
+
+  A key bias adds the same number to all of a query's logits, which softmax
+  ignores: leaving it out changes no output. Keeping the parameter (always
+  0) lets MAE and CAE encoders share one parameter layout.
+  """
+  return np.repeat(np.asarray([1, 0, 1], np.float32), width)
+
+
 class Attention(nn.Module):
   """Multi-head self-attention with the reference's fused qkv parameter
   ([q | k | v]), applied in the form the platform wants (the two functions
-  above)."""
+  above).
+
+  `key_bias=False`: q and v biases only (BEiT, CAE); see `without_key_bias`.
+  """
   num_heads: int
   dtype: Dtype = jnp.float32
+  key_bias: bool = True
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -200,10 +261,12 @@ class Attention(nn.Module):
     if d % self.num_heads:
       raise ValueError(f"width {d} is not divisible by num_heads "
                        f"{self.num_heads}")
+    qkv_kernel, qkv_bias = DenseParams(d, 3 * d, name="qkv")()
+    if not self.key_bias:
+      qkv_bias = qkv_bias * without_key_bias(d)
     options = dict(num_heads=self.num_heads, dtype=self.dtype)
     return platforms.per_platform(
-        x, *DenseParams(d, 3 * d, name="qkv")(),
-        *DenseParams(d, d, name="proj")(),
+        x, qkv_kernel, qkv_bias, *DenseParams(d, d, name="proj")(),
         cpu=functools.partial(_attention_on_flat_tokens, **options),
         accelerator=functools.partial(_attention_per_head, **options))
 
@@ -235,13 +298,30 @@ def drop_path(x: jnp.ndarray, keys: jax.Array | None, rate: float
   return x * scale.reshape((-1,) + (1,) * (x.ndim - 1))
 
 
+def layer_scale(module: nn.Module, name: str, init: float,
+                branch: jnp.ndarray) -> jnp.ndarray:
+  """`branch` times a learned per-channel gain initialised to `init` (CaiT's
+  layer scale, as BEiT and CAE use it); `init` 0 means no gain."""
+  if init == 0.0:
+    return branch
+  gain = module.param(name, nn.initializers.constant(init),
+                      (branch.shape[-1],))
+  return branch * gain.astype(branch.dtype)
+
+
 class Block(nn.Module):
-  """Pre-norm transformer block: x + attn(norm(x)); x + mlp(norm(x))."""
+  """Pre-norm transformer block: x + attn(norm(x)); x + mlp(norm(x)).
+
+  With `layer_scale_init` > 0 each branch is scaled by a learned gain
+  ('layer_scale_attn', 'layer_scale_mlp'), as in BEiT and CAE.
+  """
   num_heads: int
   mlp_dim: int
   layer_norm_eps: float = 1e-6
   drop_path_rate: float = 0.0
   dtype: Dtype = jnp.float32
+  layer_scale_init: float = 0.0
+  key_bias: bool = True
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, drop_keys: jax.Array | None = None
@@ -250,10 +330,15 @@ class Block(nn.Module):
                              dtype=self.dtype)
     branch_keys = (None, None) if drop_keys is None else jax.vmap(
         lambda k: jax.random.split(k))(drop_keys).swapaxes(0, 1)
-    x = x + drop_path(Attention(self.num_heads, self.dtype, name="attn")(
-        norm(name="norm1")(x)), branch_keys[0], self.drop_path_rate)
-    return x + drop_path(Mlp(self.mlp_dim, self.dtype, name="mlp")(
-        norm(name="norm2")(x)), branch_keys[1], self.drop_path_rate)
+    attn = Attention(self.num_heads, self.dtype, self.key_bias, name="attn")(
+        norm(name="norm1")(x))
+    x = x + drop_path(
+        layer_scale(self, "layer_scale_attn", self.layer_scale_init, attn),
+        branch_keys[0], self.drop_path_rate)
+    mlp = Mlp(self.mlp_dim, self.dtype, name="mlp")(norm(name="norm2")(x))
+    return x + drop_path(
+        layer_scale(self, "layer_scale_mlp", self.layer_scale_init, mlp),
+        branch_keys[1], self.drop_path_rate)
 
 
 class Transformer(nn.Module):
@@ -271,6 +356,8 @@ class Transformer(nn.Module):
   remat: bool = False
   drop_path_rate: float = 0.0
   dtype: Dtype = jnp.float32
+  layer_scale_init: float = 0.0
+  key_bias: bool = True
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, drop_keys: jax.Array | None = None,
@@ -283,8 +370,8 @@ class Transformer(nn.Module):
       block_keys = None if drop_keys is None else jax.vmap(
           lambda k, i=i: jax.random.fold_in(k, i))(drop_keys)
       x = block_cls(self.num_heads, self.mlp_dim, self.layer_norm_eps,
-                    float(rates[i]), self.dtype, name=f"blocks_{i}")(
-                        x, block_keys)
+                    float(rates[i]), self.dtype, self.layer_scale_init,
+                    self.key_bias, name=f"blocks_{i}")(x, block_keys)
     if not final_norm:
       return x
     return nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype,
@@ -300,6 +387,8 @@ class VisionEncoder(nn.Module):
   With `pos_embed_grid` set, the position embedding is instead a parameter
   'pos_embed' (1, 1 + gh*gw, D) for that grid, initialised to the sin-cos
   table with a zero cls row: the reference fine-tunes it.
+  `layer_scale_init`, `key_bias` and `sincos_order` are the CAE/BEiT options
+  (see the module docstring).
   """
   patch_size: int
   width: int
@@ -311,19 +400,30 @@ class VisionEncoder(nn.Module):
   dtype: Dtype = jnp.float32
   drop_path_rate: float = 0.0
   pos_embed_grid: tuple[int, int] | None = None
+  layer_scale_init: float = 0.0
+  key_bias: bool = True
+  sincos_order: str = "w_first"
 
   def setup(self):
     # A Dense layer on flattened patches is the reference's conv patch
     # embedding, with xavier fans of (p*p*3, width) as in the reference.
-    self.patch_embed = Dense(self.width, self.dtype)
+    patch_dim = self.patch_size * self.patch_size * 3
+    self.patch_embed = Dense(self.width, self.dtype,
+                             bias_init=conv_bias_init(patch_dim))
     self.cls_token = self.param("cls_token", token_init, (1, 1, self.width))
     if self.pos_embed_grid is not None:
       self.pos_embed = self.param("pos_embed", lambda _: jnp.asarray(
-          np.pad(sincos_pos_embed_2d(self.width, *self.pos_embed_grid),
+          np.pad(self.sincos_table(*self.pos_embed_grid),
                  ((1, 0), (0, 0)))[None]))
     self.transformer = Transformer(self.depth, self.num_heads, self.mlp_dim,
                                    self.layer_norm_eps, self.remat,
-                                   self.drop_path_rate, self.dtype)
+                                   self.drop_path_rate, self.dtype,
+                                   self.layer_scale_init, self.key_bias)
+
+  @nn.nowrap
+  def sincos_table(self, grid_h: int, grid_w: int) -> np.ndarray:
+    """The fixed (grid_h * grid_w, width) position table of this encoder."""
+    return sincos_pos_embed_2d(self.width, grid_h, grid_w, self.sincos_order)
 
   def embed(self, images: jnp.ndarray) -> jnp.ndarray:
     """(B, H, W, 3) -> (B, L, D) patch tokens plus position embedding."""
@@ -331,7 +431,7 @@ class VisionEncoder(nn.Module):
     gw = patches.grid_size(images.shape[2], self.patch_size)
     x = self.patch_embed(patches.patchify(images, self.patch_size))
     if self.pos_embed_grid is None:
-      return x + sincos_pos_embed_2d(self.width, gh, gw).astype(x.dtype)
+      return x + self.sincos_table(gh, gw).astype(x.dtype)
     if (gh, gw) != tuple(self.pos_embed_grid):
       raise ValueError(f"images of {gh}x{gw} patches do not fit the learned "
                        f"position embedding of {self.pos_embed_grid}")

@@ -1,0 +1,11 @@
+"""Weighted k-NN (k=20) of a MAE ViT-B/16's frozen features on ImageNet-1k.
+
+  python -m mae_jax.main --config=configs/mae_vit_base_knn.py \
+      --workdir=DIR --config.init_from=PRETRAIN_WORKDIR
+"""
+
+from configs import common
+
+
+def get_config():
+  return common.knn_config("base/16")

@@ -1,0 +1,148 @@
+"""How the command lines end on a mistake: one or two lines that say what was
+wrong and what to do, not a library's traceback (`--verbosity=1` shows it).
+
+`mae_jax.main` and `mae_jax.benchmark` (absl flags) run through `run_absl`,
+`mae_jax.convert` and `mae_jax.visualize` (argparse) through `run` with
+this module's `ArgumentParser`. After an error the process ends at once
+(`os._exit`): orbax's threads, waiting on a save that failed on this or on
+another process, would otherwise keep the interpreter from exiting for many
+minutes.
+"""
+
+import argparse
+import ast
+import os
+import sys
+import traceback
+from typing import Callable, NoReturn
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+# Errors that carry a message meant for a person: bad input, a missing or
+# unwritable file, a diverged run, a failed save or restore. Anything else is
+# a bug, and its traceback is shown.
+EXPECTED_ERRORS = (ValueError, OSError, FloatingPointError, RuntimeError,
+                   ImportError, app.UsageError)
+# What ml_collections raises for a mistake in --config or --config.<field>.
+_CONFIG_FLAG_ERRORS = (AttributeError, KeyError, OSError, ValueError,
+                       TypeError, SyntaxError)
+
+
+def _program() -> str:
+  """'mae_jax.main' for `python -m mae_jax.main`."""
+  name = os.path.splitext(os.path.basename(sys.argv[0]))[0] if sys.argv else ""
+  return f"mae_jax.{name}"
+
+
+def _verbose() -> bool:
+  return logging.get_verbosity() >= 1
+
+
+def _exit(code: int) -> NoReturn:
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)  # pylint: disable=protected-access
+
+
+def _config_flag_message(error: BaseException) -> str:
+  """What ml_collections raised for a --config mistake, for a person: an
+  unknown field arrives as a KeyError's quoted message (with a did-you-mean
+  hint) inside an AttributeError."""
+  message = str(error)
+  if isinstance(error, (KeyError, AttributeError)):
+    try:
+      message = ast.literal_eval(message)
+    except (ValueError, SyntaxError):
+      pass
+    name, _, hint = str(message).partition("\n")
+    message = f"unknown config field {name}. {hint}".strip()
+  return message
+
+
+def report(error: BaseException) -> NoReturn:
+  """Prints `error` for a person and ends the process: exit code 1, or 130
+  after Ctrl-C."""
+  if isinstance(error, KeyboardInterrupt):
+    print(f"{_program()}: stopped by Ctrl-C", file=sys.stderr)
+    _exit(130)
+  if isinstance(error, SystemExit):
+    _exit(error.code if isinstance(error.code, int) else 1)
+  if _verbose() or not isinstance(error, EXPECTED_ERRORS):
+    traceback.print_exception(error)
+  else:
+    print(f"{_program()}: error: {error}\n"
+          "(run again with --verbosity=1 to see where it happened)",
+          file=sys.stderr)
+  _exit(1)
+
+
+def run(main: Callable[[], object]):
+  """Runs an argparse `main()`; an error ends the process as `report` says."""
+  try:
+    main()
+  except BaseException as e:  # pylint: disable=broad-except
+    report(e)
+
+
+def _missing_config_file(argv: list[str]) -> str:
+  """The message for a --config file that does not exist; '' otherwise.
+  (ml_collections reports it as a failure to load, deep in another flag.)"""
+  paths = [arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")]
+  if not paths or os.path.exists(paths[-1].split(":")[0]):
+    return ""
+  return (f"--config={paths[-1]}: no such file; give one of the configs/*.py "
+          "files, e.g. --config=configs/demo.py")
+
+
+def _parse_absl_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with the mistakes that ml_collections raises as
+  plain exceptions (an unknown config field, a config file that does not
+  exist or does not load) reported like absl's own flag errors."""
+  message = _missing_config_file(argv)
+  try:
+    if not message:
+      args = flags.FLAGS(argv)
+      if "config" in flags.FLAGS:
+        # A config file that fails to load raises only when first used.
+        getattr(flags.FLAGS.config, "keys")
+      return args
+  except flags.Error as e:
+    message = str(e)
+  except _CONFIG_FLAG_ERRORS as e:  # pylint: disable=broad-except
+    if "--verbosity=1" in argv:
+      traceback.print_exception(e)
+    message = _config_flag_message(e)
+  print(f"{_program()}: error: {message}\nPass --helpshort for the flags.",
+        file=sys.stderr)
+  _exit(1)
+
+
+def run_absl(main: Callable[[list[str]], object]):
+  """`app.run(main)`, with errors reported as `report` does."""
+
+  def guarded(argv: list[str]):
+    try:
+      main(argv)
+    except BaseException as e:  # pylint: disable=broad-except
+      report(e)
+
+  app.run(guarded, flags_parser=_parse_absl_flags)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse with `--verbosity`, as the absl command lines have: 1 shows
+  a failure's traceback and debug logs."""
+
+  def __init__(self, **kwargs):
+    super().__init__(**kwargs)
+    self.add_argument("--verbosity", type=int, default=0,
+                      help="1: on an error, show its traceback too")
+
+  def parse_args(self, args=None, namespace=None):  # pylint: disable=signature-differs
+    parsed = super().parse_args(args, namespace)
+    logging.set_verbosity(parsed.verbosity)
+    return parsed
