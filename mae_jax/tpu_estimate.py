@@ -243,9 +243,9 @@ def estimate(config: ml_collections.ConfigDict, topology_name: str,
   if config.get("eval_only", False):
     raise ValueError(f"mode={config.mode} with eval_only trains nothing: "
                      "estimate a pretraining or classification config")
-  config = durations.resolve(for_platform(config, top.platform),
-                             num_examples)
+  config = for_platform(config, top.platform)
   train.validate_config(config, 1, pod.devices)
+  config = durations.resolve(config, num_examples)
   per_device = config.batch_size // pod.devices
   task_factory = task_factory or (
       lambda c: tasks.make_task(c, train.AXIS))
