@@ -230,6 +230,30 @@ def test_cpu_and_accelerator_attention_agree_with_their_gradients():
                               rtol=1e-5, atol=1e-5)
 
 
+def test_cpu_and_accelerator_head_projections_agree_with_their_gradients():
+  # The two forms of project_to_heads / project_from_heads (CAE's
+  # cross-attention), and a round trip through both.
+  x = jax.random.normal(jax.random.key(7), (2, 5, 12))
+  kernel = jax.random.normal(jax.random.key(8), (12, 8))
+  bias = jax.random.normal(jax.random.key(9), (8,))
+  back = jax.random.normal(jax.random.key(10), (8, 6))
+  back_bias = jax.random.normal(jax.random.key(11), (6,))
+  cotangent = jax.random.normal(jax.random.key(12), (2, 5, 6))
+
+  def pullback(to_heads, from_heads):
+    def fn(*a):
+      heads = to_heads(*a[:3], num_heads=2, dtype=jnp.float32)
+      assert heads.shape == (2, 2, 5, 4)
+      return from_heads(heads, *a[3:], dtype=jnp.float32)
+    out, vjp = jax.vjp(fn, x, kernel, bias, back, back_bias)
+    return out, vjp(cotangent)
+
+  chex.assert_trees_all_close(
+      pullback(vit._heads_by_einsum, vit._merge_heads_by_einsum),
+      pullback(vit._heads_by_transpose, vit._merge_heads_by_transpose),
+      rtol=1e-5, atol=1e-5)
+
+
 def test_cpu_and_accelerator_dense_agree_with_their_gradients():
   x = jax.random.normal(jax.random.key(3), (2, 5, 8))
   kernel = jax.random.normal(jax.random.key(4), (8, 6))

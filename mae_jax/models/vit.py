@@ -210,27 +210,70 @@ def _attention_on_flat_tokens(x, qkv_kernel, qkv_bias, proj_kernel,
   return _dense_on_flat_tokens(out, *cast(proj_kernel, proj_bias))
 
 
+def _heads_by_einsum(x, kernel, bias, *, num_heads, dtype):
+  kernel = kernel.astype(dtype).reshape(kernel.shape[0], num_heads, -1)
+  bias = bias.astype(dtype).reshape(num_heads, 1, -1)
+  return jnp.einsum("bnd,dhe->bhne", x.astype(dtype), kernel) + bias
+
+
+def _heads_by_transpose(x, kernel, bias, *, num_heads, dtype):
+  y = _dense_on_flat_tokens(x.astype(dtype), kernel.astype(dtype),
+                            bias.astype(dtype))
+  return y.reshape(y.shape[:2] + (num_heads, -1)).transpose(0, 2, 1, 3)
+
+
+def _merge_heads_by_einsum(out, kernel, bias, *, dtype):
+  kernel = kernel.astype(dtype).reshape(out.shape[1], out.shape[-1], -1)
+  return jnp.einsum("bhne,hed->bnd", out, kernel) + bias.astype(dtype)
+
+
+def _merge_heads_by_transpose(out, kernel, bias, *, dtype):
+  b, _, n, _ = out.shape
+  out = out.transpose(0, 2, 1, 3).reshape(b, n, -1)
+  return _dense_on_flat_tokens(out, kernel.astype(dtype), bias.astype(dtype))
+
+
+def project_to_heads(x: jnp.ndarray, kernel: jnp.ndarray, bias: jnp.ndarray,
+                     *, num_heads: int, dtype: Dtype) -> jnp.ndarray:
+  """(B, N, D_in) @ kernel (D_in, D) + bias -> (B, heads, N, D / heads).
+
+  On CPU a matmul on flattened tokens (see `Dense`), then a transpose; on
+  accelerators one einsum straight into the head-major layout, with no
+  reshape or transpose of activations, which on TPU cost more than the
+  products.
+  """
+  return platforms.per_platform(
+      x, kernel, bias,
+      cpu=functools.partial(_heads_by_transpose, num_heads=num_heads,
+                            dtype=dtype),
+      accelerator=functools.partial(_heads_by_einsum, num_heads=num_heads,
+                                    dtype=dtype))
+
+
+def project_from_heads(out: jnp.ndarray, kernel: jnp.ndarray,
+                       bias: jnp.ndarray, *, dtype: Dtype) -> jnp.ndarray:
+  """(B, heads, N, D / heads) -> (B, N, D) @ kernel + bias; the two forms
+  of `project_to_heads`, backwards."""
+  return platforms.per_platform(
+      out, kernel, bias,
+      cpu=functools.partial(_merge_heads_by_transpose, dtype=dtype),
+      accelerator=functools.partial(_merge_heads_by_einsum, dtype=dtype))
+
+
 def _attention_per_head(x, qkv_kernel, qkv_bias, proj_kernel, proj_bias, *,
                         num_heads, dtype):
   """q, k and v each from its own column block of the kernel straight into
   (B, heads, N, head_dim), and the output projection contracting heads and
-  head_dim at once: no reshape or transpose of activations, which on TPU
-  cost more than the products (the blocks 12-20% faster than with one fused
-  qkv product, by XLA's estimate). Slicing the float32 kernel before the
-  cast, rather than after, makes the ViT-L step another 4% faster."""
+  head_dim at once (the blocks 12-20% faster on TPU than with one fused qkv
+  product, by XLA's estimate). Slicing the float32 kernel before the cast,
+  rather than after, makes the ViT-L step another 4% faster."""
   d = x.shape[-1]
-  x = x.astype(dtype)
-
-  def project(i):
-    columns = slice(i * d, (i + 1) * d)
-    kernel = qkv_kernel[:, columns].astype(dtype).reshape(d, num_heads, -1)
-    bias = qkv_bias[columns].astype(dtype).reshape(num_heads, 1, -1)
-    return jnp.einsum("bnd,dhe->bhne", x, kernel) + bias
-
-  out = attention(project(0), project(1), project(2))
-  proj_kernel = proj_kernel.astype(dtype).reshape(num_heads, -1, d)
-  return (jnp.einsum("bhne,hed->bnd", out, proj_kernel) +
-          proj_bias.astype(dtype))
+  q, k, v = (_heads_by_einsum(x, qkv_kernel[:, i * d:(i + 1) * d],
+                              qkv_bias[i * d:(i + 1) * d],
+                              num_heads=num_heads, dtype=dtype)
+             for i in range(3))
+  return _merge_heads_by_einsum(attention(q, k, v), proj_kernel, proj_bias,
+                                dtype=dtype)
 
 
 def without_key_bias(width: int) -> np.ndarray:
