@@ -106,7 +106,13 @@ def tpu_runs(small: bool) -> list[Run]:
   runs += [
       Run("MAE large pretraining, encoder with mask tokens",
           ours(pretrain("large"), "--config.model.encoder_mask_tokens=True")),
-      Run("CAE base pretraining", ours("configs/cae_vit_base_pretrain.py"))]
+      # Pixel targets: the DALL-E target needs the released tokenizer's
+      # weights on disk (its encoder would add its forward on the 112 px
+      # second view).
+      Run("CAE base pretraining, pixel targets",
+          ours("configs/cae_vit_base_pretrain.py",
+               "--config.model.target=pixels",
+               "--config.data.second_view_size=0"))]
   runs += [Run(f"MAE {size} pretraining, remat",
                ours(pretrain(size), "--config.model.remat=True"))
            for size in ("base", "large")]
