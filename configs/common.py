@@ -367,6 +367,8 @@ def knn_config(model_name: str) -> ml_collections.ConfigDict:
   # A workdir of ours or converted weights (as for the probes); '' = random.
   config.init_from = ""
   config.eval_only = True  # k-NN only evaluates
+  # At another resolution than init_from's (as for the classifiers).
+  config.pos_embed_resize = "bicubic"
   config.model = encoder_model(model_name)
   # What the k-NN reads of the data: no training augmentation.
   data = data_config(eval_split="validation")

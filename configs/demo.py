@@ -37,7 +37,7 @@ ENCODER_SIZE_FIELDS = ("image_size", "patch_size", "width", "depth",
 
 
 def adapt_classifier(config):
-  """A linear-probe or fine-tuning config -> the demo's encoder on digits,
+  """A classifier config (probe or fine-tuning) -> the demo's encoder on digits,
   so that `--config.init_from=<demo workdir>` fits (demo.py's or
   demo_cae.py's)."""
   pretrain = get_config()

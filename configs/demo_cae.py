@@ -33,6 +33,6 @@ def get_config():
                   warmup=mae_demo.warmup_steps)
   config.optimizer.base_lr = 1e-3  # not scaled by the batch, as CAE's
   for name in ("log_every_steps", "checkpoint_every_steps",
-               "figure_every_steps"):
+               "figure_every_steps", "knn_every_steps", "knn"):
     config[name] = mae_demo[name]
   return config

@@ -1,4 +1,4 @@
-"""MAE ViT-Huge/14 pretraining on ImageNet-1k, the paper's recipe (SPEC §2).
+"""MAE ViT-Huge/14 pretraining on ImageNet-1k, the paper's recipe (MAE A.1).
 
   python -m mae_jax.main --config=configs/mae_vit_huge_pretrain.py \
       --workdir=gs://BUCKET/mae_huge --config.data.data_dir=gs://BUCKET/tfds

@@ -20,6 +20,7 @@ import numpy as np
 
 from mae_jax import checkpointing
 from mae_jax import patches
+from mae_jax.models import dalle
 from mae_jax.models import vit
 
 # Encoder fields that must agree with the checkpoint's for its weights to fit.
@@ -36,11 +37,14 @@ ENCODER_OPTIONS = {"layer_scale_init": 0.0, "key_bias": True,
                    "sincos_order": "w_first"}
 
 
-def adopt_encoder_options(config: ml_collections.ConfigDict
+def adopt_encoder_options(config: ml_collections.ConfigDict,
+                          workdir: str | None = None
                           ) -> ml_collections.ConfigDict:
-  """`config`, or for a linear probe or fine-tuning with `init_from`, a copy
-  whose model has the encoder options of init_from's checkpoint (logged
-  where they change).
+  """`config`, or for a classifier or k-NN (any mode but pretraining), a
+  copy whose model has the encoder options of the encoder it evaluates
+  (logged where they change): those stored with the run's own newest
+  checkpoint in `workdir` when it has one (a resume or `eval_only`, which
+  then need not name init_from again), else init_from's.
 
   The options decide which parameters the encoder has (layer scale) and
   what it computes (the sin-cos table), so the pretraining's must be used.
@@ -48,18 +52,36 @@ def adopt_encoder_options(config: ml_collections.ConfigDict
   config is also what the workdir's checkpoints store and are checked
   against.
   """
-  if config.mode == "pretrain" or not config.get("init_from"):
+  if config.mode == "pretrain":
     return config
-  stored = checkpointing.load_config(config.init_from).get("model", {})
+  source = _own_checkpoint(workdir) or config.get("init_from")
+  if not source:
+    return config
+  stored_config = checkpointing.load_config(source)
+  if stored_config.get("mode") == dalle.TOKENIZER_MODE:
+    raise ValueError(
+        f"init_from={source} holds the DALL-E tokenizer (CAE's "
+        "model.tokenizer_path), not an encoder; name a pretraining workdir "
+        "or converted encoder weights")
+  stored = stored_config.get("model", {})
   adopted = ml_collections.ConfigDict(config.to_dict())
   for name, default in ENCODER_OPTIONS.items():
     value = stored.get(name, default)
     if adopted.model[name] != value:
-      logging.info("Encoder option model.%s=%r from init_from=%s (the config "
-                   "had %r).", name, value, config.init_from,
-                   adopted.model[name])
+      logging.info("Encoder option model.%s=%r from %s (the config had %r).",
+                   name, value, source, adopted.model[name])
       adopted.model[name] = value
   return adopted
+
+
+def _own_checkpoint(workdir: str | None) -> str | None:
+  """The newest checkpoint step directory in `workdir`, if there is one."""
+  if not workdir:
+    return None
+  try:
+    return checkpointing.resolve_checkpoint(workdir)
+  except FileNotFoundError:
+    return None
 
 
 def _cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:
@@ -114,6 +136,7 @@ def load_pretrained_encoder(init_from: str, params,
     raise ValueError(f"pos_embed_resize={pos_embed_resize!r}; use one of "
                      f"{POS_EMBED_RESIZES}")
   stored_config, stored_params = checkpointing.load_params(init_from)
+  _check_holds_whole_encoder(init_from, stored_config)
   stored_model = stored_config.model
   if stored_model.patch_size != model_config.patch_size:
     raise ValueError(
@@ -165,15 +188,32 @@ def load_pretrained_encoder(init_from: str, params,
       loaded, sep="/")}
 
 
+def _check_holds_whole_encoder(init_from: str,
+                               stored_config: ml_collections.ConfigDict):
+  """A probe or a partial fine-tuning saves only what it trains (train.py
+  `checkpoint_tree`): its frozen encoder is in its own init_from."""
+  mode = stored_config.get("mode")
+  partial = (mode == "finetune"
+             and stored_config.get("trainable_blocks", -1) >= 0)
+  if mode in ("linear_probe", "attentive_probe") or partial:
+    raise ValueError(
+        f"init_from={init_from} is a {mode} run, whose checkpoints hold only "
+        "the parameters it trained, not its frozen encoder; use the encoder "
+        f"it started from, init_from={stored_config.get('init_from')!r}, or "
+        "a full fine-tuning run (trainable_blocks=-1)")
+
+
 def _checkpoint_pos_embed(theirs: dict, stored_model: ml_collections.ConfigDict
                           ) -> np.ndarray:
   """The checkpoint's position table, (1, 1 + h*w, D): its learned
   'pos_embed', or else the fixed sin-cos table of its grid with a zero cls
-  row (what the reference's pretraining checkpoints hold)."""
+  row (what the reference's pretraining checkpoints hold), in the order of
+  the checkpoint's halves (CAE's is h first)."""
   if "pos_embed" in theirs:
     return theirs["pos_embed"]
   grid = patches.grid_size(stored_model.image_size, stored_model.patch_size)
-  table = vit.sincos_pos_embed_2d(stored_model.width, grid, grid)
+  order = stored_model.get("sincos_order", ENCODER_OPTIONS["sincos_order"])
+  table = vit.sincos_pos_embed_2d(stored_model.width, grid, grid, order)
   return np.pad(table, ((1, 0), (0, 0)))[None]
 
 

@@ -1,4 +1,4 @@
-"""The MAE reconstruction loss (SPEC §1 "Loss", MAE §3 and Table 1d)."""
+"""The MAE reconstruction loss (MAE §3 and Table 1d)."""
 
 import jax.numpy as jnp
 

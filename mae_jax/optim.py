@@ -10,8 +10,8 @@ by config.
   the head, the encoder frozen (CAE's recipe);
 - k-NN trains nothing: every parameter is frozen.
 Shared: the linear scaling rule lr = base_lr x batch/256 (or none, for
-CAE's recipes, whose lr is given for their batch), a per-step linear warm-up and half-cycle
-cosine, optional global-norm clipping.
+CAE's recipes, whose lr is given for their batch), a per-step linear
+warm-up and half-cycle cosine, optional global-norm clipping.
 """
 
 import functools

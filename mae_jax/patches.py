@@ -1,4 +1,4 @@
-"""Images <-> sequences of flattened patches (SPEC §1, "Patchify").
+"""Images <-> sequences of flattened patches (models_mae.py `patchify`).
 
 The patch vector is laid out (row, column, channel) inside the patch, which is
 the official MAE layout (`einsum('nchpwq->nhwpqc')`), so predictions and

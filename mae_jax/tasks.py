@@ -397,8 +397,9 @@ class KNNTask:
 
   Nothing is trained, so there is no loss and no checkpoint: the run
   evaluates once (`config.eval_only`) and stops. The parameters are the
-  encoder's, under 'encoder' as in a classifier, so every `init_from` a
-  probe takes fits.
+  encoder's, under 'encoder' as in a classifier, so the `init_from`s of
+  the probes fit (pretraining runs, converted weights); the features are
+  the tokens after the final norm.
   """
 
   def __init__(self, config: ml_collections.ConfigDict):

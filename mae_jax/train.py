@@ -256,9 +256,11 @@ def _check_frozen_digest(stored: np.ndarray | None,
   if stored is not None and not np.array_equal(stored, digest):
     raise ValueError(
         f"the checkpoint in {where} was trained on other frozen parameters "
-        f"than those of init_from={config.init_from!r} (was that checkpoint "
-        "changed, or another one named?); they are not saved with the run. "
-        "Use the init_from the run was started with, or a new --workdir.")
+        f"than those of init_from={config.init_from!r}; they are not saved "
+        "with the run. Use the checkpoint the run was started with (a "
+        "workdir stands for its newest checkpoint, which changes while its "
+        "pretraining goes on: name the step, init_from=DIR/checkpoints/STEP),"
+        " or a new --workdir.")
 
 
 def _with_trained(params, trained) -> dict:
@@ -402,7 +404,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `devices` restricts the run to some local devices (tests compare 1 and 8).
   """
   devices = list(devices or jax.local_devices())
-  config = initialization.adopt_encoder_options(config)
+  config = initialization.adopt_encoder_options(config, workdir)
   validate_config(config, jax.process_count(), len(devices))
   try:
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)

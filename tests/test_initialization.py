@@ -10,6 +10,7 @@ from mae_jax import initialization
 from mae_jax import models
 from mae_jax import tasks
 from mae_jax import train
+from mae_jax.models import dalle
 from mae_jax.models import vit
 from testing_utils import tiny_cae_config, tiny_classifier_config, tiny_model
 
@@ -250,3 +251,43 @@ def test_checkpoints_from_before_the_options_count_as_mae(tmp_path):
 def test_pretraining_and_runs_without_init_from_keep_their_config():
   for config in (tiny_cae_config(), tiny_classifier_config("finetune")):
     assert initialization.adopt_encoder_options(config) is config
+
+
+def test_the_dalle_tokenizer_is_not_taken_for_an_encoder(tmp_path):
+  params = dalle.DalleEncoder(hidden_width=8, blocks_per_group=1).init(
+      jax.random.key(0), np.zeros((1, 8, 8, 3), np.float32))["params"]
+  checkpointing.save_params(str(tmp_path), dalle.encoder_config(
+      hidden_width=8, blocks_per_group=1), jax.device_get(params))
+  config = tiny_classifier_config("linear_probe", init_from=str(tmp_path))
+  with pytest.raises(ValueError, match="holds the DALL-E tokenizer"):
+    initialization.adopt_encoder_options(config)
+
+
+def test_a_resumed_classifier_takes_the_options_of_its_own_checkpoint(
+    tmp_path):
+  _cae_checkpoint(tmp_path / "cae")
+  config = tiny_classifier_config("finetune", init_from=str(tmp_path / "cae"),
+                                  total_steps=1)
+  config.model.image_size = 24
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  # init_from gone (or not given, as for eval_only): the run's own options.
+  config.init_from = ""
+  adopted = initialization.adopt_encoder_options(config, str(tmp_path / "run"))
+  assert (adopted.model.layer_scale_init, adopted.model.sincos_order) == (
+      0.1, "h_first")
+
+
+def test_a_probe_run_is_not_an_encoder_source(tmp_path):
+  _cae_checkpoint(tmp_path / "cae")
+  probe = tiny_classifier_config("linear_probe",
+                                 init_from=str(tmp_path / "cae"),
+                                 total_steps=1)
+  probe.model.image_size = 24
+  train.train_and_evaluate(probe, str(tmp_path / "probe"))
+  config = tiny_classifier_config("finetune", init_from=str(tmp_path / "probe"))
+  config.model.image_size = 24
+  config = initialization.adopt_encoder_options(config)
+  with pytest.raises(ValueError, match="linear_probe run, whose checkpoints "
+                     "hold only the parameters it trained"):
+    initialization.load_pretrained_encoder(
+        config.init_from, _fresh_classifier(config.model), config.model)

@@ -95,7 +95,6 @@ def _dense_on_flat_tokens(x, kernel, bias):
   return (flat @ kernel + bias).reshape(x.shape[:-1] + (kernel.shape[-1],))
 
 
-
 def _dense_on_last_axis(x, kernel, bias):
   return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ()))
                              ) + bias
