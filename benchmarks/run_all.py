@@ -2,6 +2,7 @@
 
   python benchmarks/run_all.py --section=cpu   # the CPU step table, timed
   python benchmarks/run_all.py --section=tpu   # XLA's TPU estimates
+  python benchmarks/run_all.py --section=input # the input pipeline
   python benchmarks/run_all.py --section=all
   python benchmarks/run_all.py --section=all --small   # a quick check
 
@@ -19,7 +20,12 @@ benchmarks/flax_reference_mae.py), one after the other (they are XLA's
 deterministic cost-model figures; compiling ViT-H takes minutes). Needs
 libtpu (`pip install -e .[tpu_estimate]`).
 
-Every run's JSON line is appended to `--out`, with the command that made it.
+input: benchmarks/input_pipeline.py (its own interleaved rounds and
+medians), writing its ImageNet-like data to `--input_data_dir` first if that
+does not exist.
+
+Every run's JSON line is appended to `--out`, with the command that made it
+(the input section prints its own).
 """
 
 import argparse
@@ -203,9 +209,28 @@ def tpu_table(results: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def input_pipeline(data_dir: str, rounds: int, small: bool,
+                   timeout_s: float):
+  """benchmarks/input_pipeline.py, printing its own lines and tables."""
+  argv = [sys.executable, "benchmarks/input_pipeline.py",
+          f"--data_dir={data_dir}", f"--rounds={rounds}"]
+  if not os.path.isdir(data_dir):
+    argv.append("--make_data")
+  if small:
+    argv += ["--num_images=64", "--batch_size=16", "--steps=2"]
+  try:
+    subprocess.run(argv, cwd=ROOT, check=True, timeout=timeout_s)
+  except subprocess.TimeoutExpired as e:
+    raise SystemExit(f"the input pipeline benchmark took over {timeout_s:.0f}"
+                     " s (--timeout_s)") from e
+  except subprocess.CalledProcessError as e:
+    raise SystemExit(f"the input pipeline benchmark failed (exit "
+                     f"{e.returncode}): {' '.join(argv)}") from e
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--section", choices=("cpu", "tpu", "all"),
+  parser.add_argument("--section", choices=("cpu", "tpu", "input", "all"),
                       default="all")
   parser.add_argument("--rounds", type=int, default=3,
                       help="interleaved rounds of the CPU runs")
@@ -213,6 +238,8 @@ def main():
                       help="tiny settings, to check that everything runs")
   parser.add_argument("--timeout_s", type=float, default=3600,
                       help="longest one command may take")
+  parser.add_argument("--input_data_dir", default="/tmp/bench_images",
+                      help="the input section's data, made if missing")
   parser.add_argument("--out", default="benchmarks/results.jsonl",
                       help="every run's JSON line is appended here")
   args = parser.parse_args()
@@ -229,6 +256,9 @@ def main():
         print(json.dumps(results[-1]), file=out, flush=True)
         print(f"{run.label}: done", file=sys.stderr)
       print(tpu_table(results))
+    if args.section in ("input", "all"):
+      input_pipeline(args.input_data_dir, args.rounds, args.small,
+                     args.timeout_s)
 
 
 if __name__ == "__main__":
