@@ -31,6 +31,11 @@ setuptools.setup(
     extras_require={
         # Reading official .pth and HuggingFace pytorch_model.bin files.
         "torch": ["torch>=2.13.0"],
+        # XLA's estimates of the TPU step on a machine without a TPU
+        # (python -m mae_jax.benchmark --topology=...): the libtpu that
+        # jax 0.10.2's own `tpu` extra pins. Compiles only; not needed to
+        # train, and on a TPU VM `jax[tpu]` brings it.
+        "tpu_estimate": ["libtpu==0.0.42.*"],
         # The tests: the runner, the parity tests against HuggingFace's ViTMAE
         # and shellcheck for the shell scripts (requirements-test.txt pins
         # the versions).

@@ -1,11 +1,25 @@
-"""Times full training steps: python -m mae_jax.benchmark --config=... .
+"""The train step's speed: python -m mae_jax.benchmark --config=... .
 
-Same model, optimizer and pmapped step as training, on a synthetic batch that
-already sits on the devices, so the figure is the step's own speed. Prints
-one JSON line. FLOPs come from XLA's cost analysis of the compiled step; the
-model-FLOP utilisation (MFU) is measured against `--peak_tflops`, else a
-table of known accelerators, else (CPUs) a measured matmul peak.
+Timed (the default): the same task, optimizer and pmapped step as training,
+on a synthetic batch that already sits on this machine's devices, so the
+figure is the step's own speed. FLOPs come from XLA's cost analysis of the
+compiled step; the model-FLOP utilisation (MFU) is measured against
+`--peak_tflops`, else a table of known accelerators, else (CPUs) a measured
+matmul peak.
+
+Estimated (`--topology=v3-8`, optionally `--pod=v3-128`): the same step
+compiled, not run, for a TPU slice this machine does not have, with XLA's
+estimates of its time and memory (mae_jax/tpu_estimate.py; needs libtpu).
+
+Both print one JSON line.
 """
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+if __name__ == "__main__":
+  # glibc's huge-page malloc (mae_jax/huge_pages.py) needs a re-execution,
+  # done before the heavy imports, which the new process repeats.
+  from mae_jax import huge_pages
+  huge_pages.reexec_with_huge_page_malloc()
 
 import functools
 import json
@@ -25,6 +39,7 @@ from mae_jax import devices as devices_lib
 from mae_jax import models
 from mae_jax import optim
 from mae_jax import tasks
+from mae_jax import tpu_estimate
 from mae_jax import train
 from mae_jax.data import throughput
 
@@ -36,23 +51,33 @@ flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 flags.DEFINE_float("peak_tflops", 0.0,
                    "Peak dense TFLOP/s of one device in the compute dtype; "
                    "0 = from the table of known devices, or measured (CPU).")
+flags.DEFINE_enum("topology", None, sorted(tpu_estimate.TOPOLOGIES),
+                  "Estimate instead of timing: compile the step for this TPU "
+                  "slice (needs libtpu) and print XLA's estimates.")
+flags.DEFINE_enum("pod", None, sorted(tpu_estimate.TOPOLOGIES),
+                  "With --topology: the slice the recipe runs on, which sets "
+                  "the per-device batch and the recipe's wall-clock; default: "
+                  "--topology.")
 flags.DEFINE_bool("input_only", False,
                   "Time the config's input pipeline alone (img/s on this "
                   "host), not the train step.")
 flags.mark_flags_as_required(["config"])
 
-# Dense peak TFLOP/s per JAX device: (bfloat16, float32).
+# Dense peak TFLOP/s per JAX device: (bfloat16, float32). A float32 matmul
+# runs as bfloat16 passes on TPUs and as TF32 on NVIDIA GPUs since Ampere
+# (JAX's default precision), so those are its peaks; NVIDIA's data sheets
+# (A100, H100/H200 SXM), without sparsity.
 KNOWN_PEAKS = {
-    "TPU v2": (22.5, 22.5),  # per core; float32 matmuls run as bf16 passes
+    "TPU v2": (22.5, 22.5),  # per core
     "TPU v3": (61.5, 61.5),  # per core
     "TPU v4": (275.0, 275.0),
     "TPU v5 lite": (197.0, 197.0),
     "TPU v5": (459.0, 459.0),
     "TPU v6 lite": (918.0, 918.0),
-    "NVIDIA A100-SXM4-40GB": (312.0, 19.5),
-    "NVIDIA A100-SXM4-80GB": (312.0, 19.5),
-    "NVIDIA H100 80GB HBM3": (989.0, 67.0),
-    "NVIDIA H200": (989.0, 67.0),
+    "NVIDIA A100-SXM4-40GB": (312.0, 156.0),
+    "NVIDIA A100-SXM4-80GB": (312.0, 156.0),
+    "NVIDIA H100 80GB HBM3": (989.0, 494.5),
+    "NVIDIA H200": (989.0, 494.5),
 }
 
 
@@ -82,26 +107,11 @@ def peak_tflops(device, dtype, flag_value: float) -> tuple[float, str]:
     return flag_value, "--peak_tflops"
   for kind, (bf16, fp32) in KNOWN_PEAKS.items():
     if device.device_kind == kind:
-      return (bf16 if dtype == jnp.bfloat16 else fp32), f"table: {kind}"
+      if dtype == jnp.bfloat16:
+        return bf16, f"table: {kind}, bfloat16"
+      arithmetic = "tf32" if device.platform == "gpu" else "float32"
+      return fp32, f"table: {kind}, {arithmetic}"
   return measured_matmul_tflops(dtype), "measured matmul"
-
-
-def model_name(model_config) -> str:
-  for name, (width, depth, heads) in models.VIT_SIZES.items():
-    if (model_config.width, model_config.depth,
-        model_config.num_heads) == (width, depth, heads):
-      return f"{name}/{model_config.patch_size}"
-  return (f"vit-w{model_config.width}-d{model_config.depth}"
-          f"/{model_config.patch_size}")
-
-
-def decoder_name(model_config) -> str:
-  """'8x512' (an MAE's decoder: depth x width); a CAE's regressor and
-  decoder have the encoder's width."""
-  if models.method_of(model_config) == "cae":
-    return (f"regressor {model_config.regressor_depth}x{model_config.width}"
-            f" + decoder {model_config.decoder_depth}x{model_config.width}")
-  return f"{model_config.decoder_depth}x{model_config.decoder_width}"
 
 
 def run(config, steps: int, warmup: int, peak_flag: float) -> dict:
@@ -119,19 +129,16 @@ def run(config, steps: int, warmup: int, peak_flag: float) -> dict:
       axis_name=train.AXIS, donate_argnums=(0,))
 
   per_device = config.batch_size // len(devices)
-  size = config.model.image_size
   rng = np.random.default_rng(0)
+  shapes = tpu_estimate.batch_shapes(config, per_device)
   batch = {
-      "image": rng.integers(0, 256, (len(devices), per_device, size, size, 3),
-                            dtype=np.uint8),
-      "label": np.zeros((len(devices), per_device), np.int32),
-      "example_id": np.arange(config.batch_size, dtype=np.int32).reshape(
-          len(devices), per_device),
-  }
-  second = config.data.get("second_view_size", 0)
-  if second:  # CAE's DALL-E tokenizer reads it, inside the step
-    batch["second_view"] = rng.integers(
-        0, 256, (len(devices), per_device, second, second, 3), dtype=np.uint8)
+      name: rng.integers(0, 256, (len(devices),) + shape.shape,
+                         dtype=np.uint8)
+      for name, shape in shapes.items() if shape.dtype == np.uint8}
+  batch["label"] = rng.integers(0, config.model.get("num_classes", 1),
+                                (len(devices), per_device), dtype=np.int32)
+  batch["example_id"] = np.arange(config.batch_size, dtype=np.int32).reshape(
+      len(devices), per_device)
   batch = devices_lib.shard(batch, devices)
   state = devices_lib.replicate(state, devices)
   step_rng = devices_lib.replicate(jax.random.key(1), devices)
@@ -145,8 +152,8 @@ def run(config, steps: int, warmup: int, peak_flag: float) -> dict:
   step_flops = float(cost["flops"]) * len(devices)
 
   for _ in range(warmup):
-    state, metrics = compiled(state, batch, step_rng)
-  jax.block_until_ready(metrics)
+    state, _ = compiled(state, batch, step_rng)
+  jax.block_until_ready(state)
   times = []
   for _ in range(steps):
     start = time.perf_counter()
@@ -159,10 +166,7 @@ def run(config, steps: int, warmup: int, peak_flag: float) -> dict:
   peak, peak_source = peak_tflops(devices[0], dtype, peak_flag)
   return {
       "impl": "mae_jax",
-      "model": model_name(config.model),
-      "decoder": decoder_name(config.model),
-      "mask_ratio": config.model.mask_ratio,
-      "batch": config.batch_size,
+      **tpu_estimate.describe(config),
       "dtype": jnp.dtype(dtype).name,
       "devices": f"{len(devices)} x {devices[0].device_kind}",
       "img_per_s": config.batch_size / step_s,
@@ -174,7 +178,7 @@ def run(config, steps: int, warmup: int, peak_flag: float) -> dict:
       "peak_source": peak_source,
       "mfu": step_flops / step_s / (peak * 1e12 * len(devices)),
       # On CPUs, glibc's default malloc hands XLA's ~1 GB temp buffer back to
-      # the OS after every step; see BENCHMARKS.md.
+      # the OS after every step (mae_jax/huge_pages.py).
       "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
   }
 
@@ -183,13 +187,17 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if FLAGS.input_only:
-    print(json.dumps(throughput.images_per_second(
+    result = throughput.images_per_second(
         FLAGS.config.data, batch_size=FLAGS.config.batch_size,
         image_size=FLAGS.config.model.image_size, steps=FLAGS.steps,
-        warmup=FLAGS.warmup)))
-    return
-  print(json.dumps(run(FLAGS.config, FLAGS.steps, FLAGS.warmup,
-                       FLAGS.peak_tflops)))
+        warmup=FLAGS.warmup)
+  elif FLAGS.topology:
+    result = tpu_estimate.estimate(FLAGS.config, FLAGS.topology, FLAGS.pod)
+  elif FLAGS.pod:
+    raise app.UsageError("--pod goes with --topology")
+  else:
+    result = run(FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.peak_tflops)
+  print(json.dumps(result))
 
 
 if __name__ == "__main__":

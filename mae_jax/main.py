@@ -14,6 +14,13 @@ A mistake in the input ends the run with a line saying what to do
 (`mae_jax/cli.py`); `--verbosity=1` shows the traceback too.
 """
 
+# pylint: disable=g-import-not-at-top,wrong-import-position
+if __name__ == "__main__":
+  # glibc's huge-page malloc (mae_jax/huge_pages.py) needs a re-execution,
+  # done before the heavy imports, which the new process repeats.
+  from mae_jax import huge_pages
+  huge_pages.reexec_with_huge_page_malloc()
+
 import logging as py_logging
 
 import jax

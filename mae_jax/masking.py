@@ -18,6 +18,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from mae_jax import platforms
+
 MASKINGS = ("random", "block", "grid")
 # BEiT's `MaskingGenerator` defaults (beit/masking_generator.py, also in
 # Atten4Vis/CAE furnace/masking_generator.py): each block covers at least 16
@@ -107,15 +109,37 @@ def shuffle(noise: jnp.ndarray, len_keep: int):
   return ids_shuffle, mask, ids_restore
 
 
-def gather(tokens: jnp.ndarray, ids: jnp.ndarray) -> jnp.ndarray:
-  """(B, L, ...) tokens, (B, N) indices -> (B, N, ...) those tokens."""
+def _gather_by_index(tokens, ids):
   ids = ids.reshape(ids.shape + (1,) * (tokens.ndim - 2))
   return jnp.take_along_axis(tokens, ids, axis=1)
 
 
+def _gather_by_matmul(tokens, ids):
+  # Exact: each output row is one token times 1.0 (float32 accumulation).
+  flat = tokens.reshape(tokens.shape[:2] + (-1,))
+  one_hot = jax.nn.one_hot(ids, tokens.shape[1], dtype=tokens.dtype)
+  out = jnp.einsum("bnl,bld->bnd", one_hot, flat,
+                   precision=jax.lax.Precision.HIGHEST)
+  return out.reshape(ids.shape + tokens.shape[2:])
+
+
+def gather(tokens: jnp.ndarray, ids: jnp.ndarray) -> jnp.ndarray:
+  """(B, L, ...) tokens, (B, N) indices -> (B, N, ...) those tokens.
+
+  An indexed gather on CPU; on accelerators, for floating-point tokens, a
+  one-hot matmul, which XLA:TPU runs almost for free where its gather and
+  the gather's scatter-add gradient cost ~0.5 ms of the ViT-L step (XLA's
+  estimate), for 0.1% more FLOPs.
+  """
+  if not jnp.issubdtype(tokens.dtype, jnp.floating):
+    return _gather_by_index(tokens, ids)
+  return platforms.per_platform(tokens, ids, cpu=_gather_by_index,
+                                accelerator=_gather_by_matmul)
+
+
 def unshuffle(tokens: jnp.ndarray, ids_restore: jnp.ndarray) -> jnp.ndarray:
   """(B, L, D) tokens in shuffled order -> image order."""
-  return jnp.take_along_axis(tokens, ids_restore[..., None], axis=1)
+  return gather(tokens, ids_restore)
 
 
 def example_keys(rng: jax.Array, step: jnp.ndarray,

@@ -138,6 +138,33 @@ class ModelTest(chex.TestCase, parameterized.TestCase):
     out = encoder.apply({"params": params["encoder"]}, jnp.ones((1, 24, 24, 3)))
     chex.assert_shape(out, (1, 1 + 36, 32))
 
+  def test_encoder_mask_tokens_encode_every_patch(self):
+    # MAE Table 1c "w/ [M]": 1 + L encoder tokens instead of 1 + L/4.
+    model = models.build(tiny_model(encoder_mask_tokens=True))
+    params, _ = _init(model)
+    self.assertIn("mask_token", params)
+    self.assertNotIn("mask_token", params["decoder"])  # no tokens to add
+    images = jax.random.normal(jax.random.key(6), (2, 16, 16, 3))
+    noise = jax.random.uniform(jax.random.key(7), (2, 16))
+    latent, mask, _ = model.apply({"params": params}, images, noise,
+                                  method=models.MAE.encode)
+    chex.assert_shape(latent, (2, 1 + 16, 32))
+    plain = models.build(tiny_model())
+    plain_latent, _, _ = plain.apply({"params": _init(plain)[0]}, images,
+                                     noise, method=models.MAE.encode)
+    chex.assert_shape(plain_latent, (2, 1 + 4, 32))
+
+    # The encoder never sees a removed patch's pixels, only the mask token.
+    removed = jnp.repeat(jnp.repeat(mask.reshape(2, 4, 4), 4, 1), 4, 2)
+    altered = images + 5.0 * removed[..., None]
+    pred = lambda x: model.apply({"params": params}, x, noise).pred
+    np.testing.assert_allclose(pred(altered), pred(images), atol=1e-5)
+
+    loss, grads = jax.value_and_grad(lambda p: model.apply(
+        {"params": p}, images, noise).loss)(params)
+    self.assertTrue(np.isfinite(loss))
+    self.assertGreater(float(jnp.abs(grads["mask_token"]).sum()), 0.0)
+
   def test_unknown_dtype_is_rejected(self):
     with self.assertRaisesRegex(ValueError, "bfloat16"):
       models.compute_dtype("float8")
@@ -177,6 +204,69 @@ def test_gelu_is_the_exact_erf_gelu():
   x = jnp.linspace(-6, 6, 101)
   np.testing.assert_allclose(vit.gelu(x), jax.nn.gelu(x, approximate=False),
                              atol=1e-6)
+
+
+def _weights(d, key):
+  keys = jax.random.split(jax.random.key(key), 4)
+  return (jax.random.normal(keys[0], (d, 3 * d)) / np.sqrt(d),
+          jax.random.normal(keys[1], (3 * d,)),
+          jax.random.normal(keys[2], (d, d)) / np.sqrt(d),
+          jax.random.normal(keys[3], (d,)))
+
+
+def test_cpu_and_accelerator_attention_agree_with_their_gradients():
+  # The two forms `Attention` chooses between by platform (mae_jax/platforms.py).
+  x = jax.random.normal(jax.random.key(0), (2, 7, 16))
+  weights = _weights(16, 1)
+  cotangent = jax.random.normal(jax.random.key(2), (2, 7, 16))
+
+  def pullback(path):
+    fn = lambda *a: path(*a, num_heads=4, dtype=jnp.float32)
+    out, vjp = jax.vjp(fn, x, *weights)
+    return out, vjp(cotangent)
+
+  chex.assert_trees_all_close(pullback(vit._attention_per_head),
+                              pullback(vit._attention_on_flat_tokens),
+                              rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_and_accelerator_head_projections_agree_with_their_gradients():
+  # The two forms of project_to_heads / project_from_heads (CAE's
+  # cross-attention), and a round trip through both.
+  x = jax.random.normal(jax.random.key(7), (2, 5, 12))
+  kernel = jax.random.normal(jax.random.key(8), (12, 8))
+  bias = jax.random.normal(jax.random.key(9), (8,))
+  back = jax.random.normal(jax.random.key(10), (8, 6))
+  back_bias = jax.random.normal(jax.random.key(11), (6,))
+  cotangent = jax.random.normal(jax.random.key(12), (2, 5, 6))
+
+  def pullback(to_heads, from_heads):
+    def fn(*a):
+      heads = to_heads(*a[:3], num_heads=2, dtype=jnp.float32)
+      assert heads.shape == (2, 2, 5, 4)
+      return from_heads(heads, *a[3:], dtype=jnp.float32)
+    out, vjp = jax.vjp(fn, x, kernel, bias, back, back_bias)
+    return out, vjp(cotangent)
+
+  chex.assert_trees_all_close(
+      pullback(vit._heads_by_einsum, vit._merge_heads_by_einsum),
+      pullback(vit._heads_by_transpose, vit._merge_heads_by_transpose),
+      rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_and_accelerator_dense_agree_with_their_gradients():
+  x = jax.random.normal(jax.random.key(3), (2, 5, 8))
+  kernel = jax.random.normal(jax.random.key(4), (8, 6))
+  bias = jax.random.normal(jax.random.key(5), (6,))
+  cotangent = jax.random.normal(jax.random.key(6), (2, 5, 6))
+
+  def pullback(path):
+    out, vjp = jax.vjp(path, x, kernel, bias)
+    return out, vjp(cotangent)
+
+  chex.assert_trees_all_close(pullback(vit._dense_on_last_axis),
+                              pullback(vit._dense_on_flat_tokens),
+                              rtol=1e-5, atol=1e-5)
 
 
 def official_cae_sincos(embed_dim, grid_size):

@@ -166,3 +166,25 @@ def read_only(directory: str, command: list[str]) -> list[str]:
   remount = ('mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" "$0" '
              '&& exec "$@"')
   return ["unshare", "-m", "sh", "-c", remount, directory, *command]
+
+
+def mae_training_matmul_flops(model: ml_collections.ConfigDict) -> float:
+  """Matmul FLOPs per image of an MAE training step: 3 x the forward's
+  2*m*n*k (the backward computes two products per forward product)."""
+  patches = (model.image_size // model.patch_size) ** 2
+  patch_dim = model.patch_size ** 2 * 3
+  encoder_tokens = 1 + int(patches * (1 - model.mask_ratio))
+  decoder_tokens = 1 + patches
+
+  def blocks(tokens, width, depth, mlp_dim):
+    qkv, proj = 2 * tokens * width * 3 * width, 2 * tokens * width * width
+    attention = 2 * 2 * tokens * tokens * width  # logits and weighted sum
+    return depth * (qkv + attention + proj + 2 * 2 * tokens * width * mlp_dim)
+
+  forward = (2 * patches * patch_dim * model.width +
+             blocks(encoder_tokens, model.width, model.depth, model.mlp_dim) +
+             2 * encoder_tokens * model.width * model.decoder_width +
+             blocks(decoder_tokens, model.decoder_width, model.decoder_depth,
+                    model.decoder_mlp_dim) +
+             2 * decoder_tokens * model.decoder_width * patch_dim)
+  return 3 * forward

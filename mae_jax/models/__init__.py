@@ -42,10 +42,26 @@ def encoder_size(name: str) -> dict:
               mlp_dim=4 * width)
 
 
-def compute_dtype(name: str):
-  """'auto' is float32 on CPU (exact, fast there) and bfloat16 elsewhere."""
+def size_name(model_config: ml_collections.ConfigDict) -> str:
+  """'large/16' for the standard sizes, else the width and depth."""
+  for name, (width, depth, heads) in VIT_SIZES.items():
+    if (model_config.width, model_config.depth,
+        model_config.num_heads) == (width, depth, heads):
+      return f"{name}/{model_config.patch_size}"
+  return (f"vit-w{model_config.width}-d{model_config.depth}"
+          f"/{model_config.patch_size}")
+
+
+def compute_dtype(name: str, platform: str | None = None):
+  """'auto' is float32 on CPU (exact, fast there) and bfloat16 elsewhere.
+
+  `platform` is where the step will run ('cpu', 'tpu', 'gpu'); by default
+  this process's default backend. A step compiled ahead of time for a TPU on
+  a CPU machine names 'tpu' here.
+  """
   if name == "auto":
-    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+    platform = platform or jax.default_backend()
+    return jnp.float32 if platform == "cpu" else jnp.bfloat16
   if name not in DTYPES:
     raise ValueError(f"dtype={name!r} is not one of {['auto', *DTYPES]}")
   return DTYPES[name]
@@ -99,4 +115,4 @@ def build_encoder(model_config: ml_collections.ConfigDict) -> VisionEncoder:
 __all__ = ["CAE", "CAEOutput", "DalleEncoder", "MAE", "MAEDecoder",
            "MAEOutput", "VisionEncoder", "ViTClassifier", "VIT_SIZES",
            "build", "build_classifier", "build_encoder", "compute_dtype",
-           "encoder_size", "method_of"]
+           "encoder_size", "method_of", "size_name"]

@@ -24,6 +24,7 @@ drop path runs in every stack, the alignment target's too (the official
 target encoder runs in training mode).
 """
 
+import functools
 from typing import Any
 
 import flax
@@ -75,22 +76,22 @@ class CrossAttention(nn.Module):
   @nn.compact
   def __call__(self, queries: jnp.ndarray, keys: jnp.ndarray,
                values: jnp.ndarray) -> jnp.ndarray:
-    b, n, d = queries.shape
+    d = queries.shape[-1]
     if d % self.num_heads:
       raise ValueError(f"width {d} is not divisible by num_heads "
                        f"{self.num_heads}")
 
-    def heads(x):  # (B, N, D) -> (B, heads, N, D / heads)
-      return x.reshape(x.shape[0], x.shape[1], self.num_heads, -1).transpose(
-          0, 2, 1, 3)
-
-    q = vit.Dense(d, self.dtype, name="q")(queries)
-    k = vit.Dense(d, self.dtype, name="k")(
-        keys, None if self.key_bias else np.zeros(d, np.float32))
-    v = vit.Dense(d, self.dtype, name="v")(values)
-    out = vit.attention(heads(q), heads(k), heads(v))
-    out = out.transpose(0, 2, 1, 3).reshape(b, n, d)
-    return vit.Dense(d, self.dtype, name="proj")(out)
+    project = functools.partial(vit.project_to_heads,
+                                num_heads=self.num_heads, dtype=self.dtype)
+    q = project(queries, *vit.DenseParams(d, d, name="q")())
+    k_kernel, k_bias = vit.DenseParams(d, d, name="k")()
+    if not self.key_bias:  # kept at zero, with a zero gradient
+      k_bias = k_bias * 0
+    k = project(keys, k_kernel, k_bias)
+    v = project(values, *vit.DenseParams(d, d, name="v")())
+    return vit.project_from_heads(vit.attention(q, k, v),
+                                  *vit.DenseParams(d, d, name="proj")(),
+                                  dtype=self.dtype)
 
 
 class RegressorBlock(nn.Module):

@@ -35,17 +35,25 @@ class MAEDecoder(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, latent: jnp.ndarray, ids_restore: jnp.ndarray,
+  def __call__(self, latent: jnp.ndarray, ids_restore: jnp.ndarray | None,
                grid_hw: tuple[int, int]) -> jnp.ndarray:
-    """(B, 1 + L_keep, D_enc) -> (B, L, p*p*3) per-patch pixel predictions."""
+    """(B, 1 + L_keep, D_enc) -> (B, L, p*p*3) per-patch pixel predictions.
+
+    `ids_restore=None`: the latent already holds all L patches in image
+    order (an encoder that saw mask tokens), so none are added here.
+    """
     x = vit.Dense(self.width, self.dtype, name="embed")(latent)
-    b, n_visible = x.shape[0], x.shape[1] - 1
-    num_patches = ids_restore.shape[1]
-    mask_token = self.param("mask_token", vit.token_init, (1, 1, self.width))
-    mask_tokens = jnp.broadcast_to(mask_token.astype(x.dtype),
-                                   (b, num_patches - n_visible, self.width))
-    tokens = masking.unshuffle(
-        jnp.concatenate([x[:, 1:], mask_tokens], axis=1), ids_restore)
+    if ids_restore is None:
+      tokens = x[:, 1:]
+    else:
+      b, n_visible = x.shape[0], x.shape[1] - 1
+      mask_token = self.param("mask_token", vit.token_init,
+                              (1, 1, self.width))
+      mask_tokens = jnp.broadcast_to(
+          mask_token.astype(x.dtype),
+          (b, ids_restore.shape[1] - n_visible, self.width))
+      tokens = masking.unshuffle(
+          jnp.concatenate([x[:, 1:], mask_tokens], axis=1), ids_restore)
     tokens = tokens + vit.sincos_pos_embed_2d(self.width, *grid_hw).astype(
         x.dtype)
     x = jnp.concatenate([x[:, :1], tokens], axis=1)  # cls pos-embed is 0
@@ -64,6 +72,12 @@ class MAE(nn.Module):
   uniform noise from the 'masking' rng stream. `drop_keys` (B,) turns drop
   path on in the encoder. The encoder takes the CAE/BEiT options of
   models/vit.py (all off by default).
+
+  `encoder_mask_tokens=True` is the paper's ablation "w/ [M]" (MAE Table 1c
+  and Table 2): the encoder sees every patch, the removed ones replaced by a
+  learned mask token (parameter 'mask_token', plus the position embedding),
+  and the decoder gets all L tokens as they come. ~3.3x the training FLOPs
+  of ViT-L and worse representations: it exists to measure that.
   """
   patch_size: int
   image_size: int
@@ -80,6 +94,7 @@ class MAE(nn.Module):
   loss_on_all_patches: bool = False
   layer_norm_eps: float = 1e-6
   remat: bool = False
+  encoder_mask_tokens: bool = False
   dtype: Dtype = jnp.float32
   drop_path_rate: float = 0.0
   layer_scale_init: float = 0.0
@@ -87,6 +102,10 @@ class MAE(nn.Module):
   sincos_order: str = "w_first"
 
   def setup(self):
+    if self.encoder_mask_tokens:
+      # Outside 'encoder', so that the encoder fine-tunes like any other.
+      self.mask_token = self.param("mask_token", vit.token_init,
+                                   (1, 1, self.width))
     self.encoder = vit.VisionEncoder(
         self.patch_size, self.width, self.depth, self.num_heads, self.mlp_dim,
         self.layer_norm_eps, self.remat, self.dtype, self.drop_path_rate,
@@ -105,14 +124,22 @@ class MAE(nn.Module):
              drop_keys: jax.Array | None = None):
     """Embeds all patches, drops the masked ones, encodes the visible rest.
 
-    Returns latent (B, 1 + len_keep, D), mask (B, L), ids_restore (B, L).
+    Returns latent (B, 1 + len_keep, D), mask (B, L), ids_restore (B, L);
+    with `encoder_mask_tokens`, latent (B, 1 + L, D) and ids_restore None.
     """
     tokens = self.encoder.embed(images.astype(self.dtype))  # (B, L, D)
     len_keep = masking.num_kept(tokens.shape[1], self.mask_ratio)
     visible, mask, ids_restore = masking.random_masking(tokens, noise, len_keep)
-    return self.encoder.transform(visible, drop_keys), mask, ids_restore
+    if not self.encoder_mask_tokens:
+      return self.encoder.transform(visible, drop_keys), mask, ids_restore
+    grid = (patches.grid_size(images.shape[1], self.patch_size),
+            patches.grid_size(images.shape[2], self.patch_size))
+    mask_tokens = self.mask_token + self.encoder.sincos_table(*grid)
+    tokens = jnp.where(mask[..., None] > 0, mask_tokens.astype(tokens.dtype),
+                       tokens)  # (B, L, D), image order
+    return self.encoder.transform(tokens, drop_keys), mask, None
 
-  def decode(self, latent: jnp.ndarray, ids_restore: jnp.ndarray,
+  def decode(self, latent: jnp.ndarray, ids_restore: jnp.ndarray | None,
              grid_hw: tuple[int, int]) -> jnp.ndarray:
     return self.decoder(latent, ids_restore, grid_hw)
 

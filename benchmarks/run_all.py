@@ -1,0 +1,265 @@
+"""Re-makes the figures of BENCHMARKS.md: python benchmarks/run_all.py.
+
+  python benchmarks/run_all.py --section=cpu   # the CPU step table, timed
+  python benchmarks/run_all.py --section=tpu   # XLA's TPU estimates
+  python benchmarks/run_all.py --section=input # the input pipeline
+  python benchmarks/run_all.py --section=all
+  python benchmarks/run_all.py --section=all --small   # a quick check
+
+cpu: the ViT-B/16 pretraining step of mae_jax and of the PyTorch reference
+(benchmarks/torch_mae_step.py), each with glibc's default malloc and with
+its huge-page malloc, and mae_jax's encoder with mask tokens
+(`model.encoder_mask_tokens`), run as separate processes in interleaved
+rounds (one of each per round, so that a busy spell of the machine touches
+all of them); each figure is the median over the rounds of each run's median
+step. The table BENCHMARKS.md shows is printed at the end.
+
+tpu: every estimate of BENCHMARKS.md's TPU section (`python -m
+mae_jax.benchmark --topology=...` and the stock-Flax reference,
+benchmarks/flax_reference_mae.py), one after the other (they are XLA's
+deterministic cost-model figures; compiling ViT-H takes minutes). Needs
+libtpu (`pip install -e .[tpu_estimate]`).
+
+input: benchmarks/input_pipeline.py (its own interleaved rounds and
+medians), writing its ImageNet-like data to `--input_data_dir` first if that
+does not exist.
+
+Every run's JSON line is appended to `--out`, with the command that made it
+(the input section prints its own).
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HUGE_PAGES = "glibc.malloc.hugetlb=1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One benchmark command and the malloc it runs with."""
+  label: str
+  argv: tuple[str, ...]
+  huge_pages: bool = True
+
+  def environment(self) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    if self.huge_pages:
+      env["GLIBC_TUNABLES"] = HUGE_PAGES
+    else:  # mae_jax's entry points would otherwise re-execute with it
+      env["MAE_JAX_NO_REEXEC"] = "1"
+    return env
+
+  def command_line(self) -> str:
+    prefix = (f"GLIBC_TUNABLES={HUGE_PAGES} " if self.huge_pages
+              else "MAE_JAX_NO_REEXEC=1 ")
+    return prefix + " ".join(self.argv)
+
+
+def mae_jax_step(config: str, *overrides: str, steps: int, warmup: int
+                 ) -> tuple[str, ...]:
+  return ("python", "-m", "mae_jax.benchmark", f"--config={config}",
+          *overrides, f"--steps={steps}", f"--warmup={warmup}")
+
+
+def cpu_runs(small: bool) -> list[Run]:
+  batch, steps, warmup = (2, 2, 1) if small else (8, 10, 2)
+  config = "configs/mae_vit_base_pretrain.py"
+  fixed = (f"--config.batch_size={batch}", "--config.model.dtype=float32")
+  ours = mae_jax_step(config, *fixed, steps=steps, warmup=warmup)
+  torch = ("python", "benchmarks/torch_mae_step.py", f"--batch={batch}",
+           f"--steps={steps}", f"--warmup={warmup}")
+  return [
+      Run("mae_jax, glibc default malloc", ours, huge_pages=False),
+      Run("mae_jax, glibc.malloc.hugetlb=1", ours),
+      Run("PyTorch, glibc default malloc", torch, huge_pages=False),
+      Run("PyTorch, glibc.malloc.hugetlb=1", torch),
+      Run("mae_jax, encoder with mask tokens",
+          mae_jax_step(config, *fixed, "--config.model.encoder_mask_tokens"
+                       "=True", steps=steps, warmup=warmup)),
+  ]
+
+
+def tpu_runs(small: bool) -> list[Run]:
+  """The estimates of BENCHMARKS.md's TPU section (with --small, the demo
+  configs on a v3-8)."""
+  def ours(config, *overrides, pod="v3-128"):
+    return ("python", "-m", "mae_jax.benchmark", f"--config={config}",
+            "--topology=v3-8", f"--pod={pod}", *overrides)
+
+  def stock(config, pod="v3-128"):
+    return ("python", "benchmarks/flax_reference_mae.py",
+            f"--config={config}", "--topology=v3-8", f"--pod={pod}")
+
+  if small:
+    return [Run("demo MAE", ours("configs/demo.py", pod="v3-8")),
+            Run("demo MAE, stock Flax", stock("configs/demo.py", pod="v3-8")),
+            Run("demo CAE", ours("configs/demo_cae.py", pod="v3-8"))]
+  def pretrain(size):
+    return f"configs/mae_vit_{size}_pretrain.py"
+
+  # The figures the issue asks for first: a partial run still has them.
+  runs = []
+  for size in ("base", "large"):
+    runs += [Run(f"MAE {size} pretraining", ours(pretrain(size))),
+             Run(f"MAE {size} pretraining, stock Flax", stock(pretrain(size)))]
+  runs += [
+      Run("MAE large pretraining, encoder with mask tokens",
+          ours(pretrain("large"), "--config.model.encoder_mask_tokens=True")),
+      # Pixel targets: the DALL-E target needs the released tokenizer's
+      # weights on disk (its encoder would add its forward on the 112 px
+      # second view).
+      Run("CAE base pretraining, pixel targets",
+          ours("configs/cae_vit_base_pretrain.py",
+               "--config.model.target=pixels",
+               "--config.data.second_view_size=0"))]
+  runs += [Run(f"MAE {size} pretraining, remat",
+               ours(pretrain(size), "--config.model.remat=True"))
+           for size in ("base", "large")]
+  # Batch 1024 on 128 cores is 8 per core: mixup/cutmix groups of 8 (the
+  # recipe's 32 need 32 per core).
+  runs += [Run(f"{size} fine-tuning",
+               ours(f"configs/mae_vit_{size}_finetune.py",
+                    "--config.augment.mix_group_size=8"))
+           for size in ("base", "large", "huge")]
+  runs += [Run("MAE huge pretraining", ours(pretrain("huge"))),
+           Run("MAE huge pretraining, remat",
+               ours(pretrain("huge"), "--config.model.remat=True")),
+           Run("MAE huge pretraining, stock Flax", stock(pretrain("huge")))]
+  return runs
+
+
+def run_once(run: Run, timeout_s: float) -> dict:
+  """The JSON line `run` prints, with its label and command."""
+  try:
+    # "python" in the printed command; this interpreter runs it.
+    argv = (sys.executable,) + run.argv[1:]
+    done = subprocess.run(argv, cwd=ROOT, env=run.environment(),
+                          capture_output=True, text=True, timeout=timeout_s,
+                          check=False)
+  except subprocess.TimeoutExpired as e:
+    raise SystemExit(f"{run.label}: no result after {timeout_s:.0f} s "
+                     f"(--timeout_s): {run.command_line()}") from e
+  lines = [l for l in done.stdout.splitlines() if l.startswith("{")]
+  if done.returncode or not lines:
+    raise SystemExit(f"{run.label} failed (exit {done.returncode}): "
+                     f"{run.command_line()}\n{done.stderr[-2000:]}")
+  return {"label": run.label, "command": run.command_line(),
+          **json.loads(lines[-1])}
+
+
+def interleaved(runs: list[Run], rounds: int, timeout_s: float,
+                out) -> dict[str, list[dict]]:
+  """Every run once per round, in order; their results by label."""
+  results = {run.label: [] for run in runs}
+  for round_index in range(rounds):
+    for run in runs:
+      result = {"round": round_index, **run_once(run, timeout_s)}
+      print(json.dumps(result), file=out, flush=True)
+      results[run.label].append(result)
+      print(f"round {round_index + 1}/{rounds}: {run.label}: "
+            f"{result['step_s_median']:.3f} s", file=sys.stderr)
+  return results
+
+
+def cpu_table(results: dict[str, list[dict]]) -> str:
+  """BENCHMARKS.md's CPU table: medians over the rounds."""
+  step = {label: statistics.median(r["step_s_median"] for r in rows)
+          for label, rows in results.items()}
+  torch = {"glibc default": step["PyTorch, glibc default malloc"],
+           "hugetlb": step["PyTorch, glibc.malloc.hugetlb=1"]}
+  lines = ["| implementation | step (s) | img/s | MFU | vs PyTorch, same malloc |",
+           "|---|---|---|---|---|"]
+  for label, rows in results.items():
+    malloc = "glibc default" if "default" in label else "hugetlb"
+    batch = rows[0]["batch"]
+    mfu = statistics.median(r["mfu"] for r in rows) if "mfu" in rows[0] else None
+    lines.append(
+        f"| {label} | {step[label]:.2f} | {batch / step[label]:.2f} | "
+        f"{'' if mfu is None else f'{mfu:.2f}'} | "
+        f"{torch[malloc] / step[label]:.2f}x |")
+  ratio = (step["mae_jax, encoder with mask tokens"] /
+           step["mae_jax, glibc.malloc.hugetlb=1"])
+  flops = (statistics.median(r["train_gflop_per_img"] for r in
+                             results["mae_jax, encoder with mask tokens"]) /
+           statistics.median(r["train_gflop_per_img"] for r in
+                             results["mae_jax, glibc.malloc.hugetlb=1"]))
+  lines.append(f"\nencoder with mask tokens: {ratio:.2f}x the step time, "
+               f"{flops:.2f}x the FLOPs")
+  return "\n".join(lines)
+
+
+def tpu_table(results: list[dict]) -> str:
+  lines = ["| step | GFLOP/img | memory/core (GiB) | fits | est. step (ms) | "
+           "est. img/s/core | est. MFU | est. recipe (h) |",
+           "|---|---|---|---|---|---|---|---|"]
+  for r in results:
+    lines.append(
+        f"| {r['label']} | {r['train_gflop_per_img']:.1f} | "
+        f"{r['memory_total_gib']:.1f} | {'yes' if r['fits_hbm'] else 'NO'} | "
+        f"{r['estimated_step_s'] * 1e3:.1f} | "
+        f"{r['estimated_img_per_s_per_device']:.0f} | "
+        f"{r['estimated_mfu']:.0%} | {r['estimated_recipe_hours']:.1f} |")
+  return "\n".join(lines)
+
+
+def input_pipeline(data_dir: str, rounds: int, small: bool,
+                   timeout_s: float):
+  """benchmarks/input_pipeline.py, printing its own lines and tables."""
+  argv = [sys.executable, "benchmarks/input_pipeline.py",
+          f"--data_dir={data_dir}", f"--rounds={rounds}"]
+  if not os.path.isdir(data_dir):
+    argv.append("--make_data")
+  if small:
+    argv += ["--num_images=64", "--batch_size=16", "--steps=2"]
+  try:
+    subprocess.run(argv, cwd=ROOT, check=True, timeout=timeout_s)
+  except subprocess.TimeoutExpired as e:
+    raise SystemExit(f"the input pipeline benchmark took over {timeout_s:.0f}"
+                     " s (--timeout_s)") from e
+  except subprocess.CalledProcessError as e:
+    raise SystemExit(f"the input pipeline benchmark failed (exit "
+                     f"{e.returncode}): {' '.join(argv)}") from e
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--section", choices=("cpu", "tpu", "input", "all"),
+                      default="all")
+  parser.add_argument("--rounds", type=int, default=3,
+                      help="interleaved rounds of the CPU runs")
+  parser.add_argument("--small", action="store_true",
+                      help="tiny settings, to check that everything runs")
+  parser.add_argument("--timeout_s", type=float, default=3600,
+                      help="longest one command may take")
+  parser.add_argument("--input_data_dir", default="/tmp/bench_images",
+                      help="the input section's data, made if missing")
+  parser.add_argument("--out", default="benchmarks/results.jsonl",
+                      help="every run's JSON line is appended here")
+  args = parser.parse_args()
+  started = time.strftime("%Y-%m-%d %H:%M:%S")
+  with open(os.path.join(ROOT, args.out), "a", encoding="utf-8") as out:
+    print(json.dumps({"run_all": vars(args), "started": started}), file=out)
+    if args.section in ("cpu", "all"):
+      print(cpu_table(interleaved(cpu_runs(args.small), args.rounds,
+                                  args.timeout_s, out)))
+    if args.section in ("tpu", "all"):
+      results = []
+      for run in tpu_runs(args.small):
+        results.append(run_once(run, args.timeout_s))
+        print(json.dumps(results[-1]), file=out, flush=True)
+        print(f"{run.label}: done", file=sys.stderr)
+      print(tpu_table(results))
+    if args.section in ("input", "all"):
+      input_pipeline(args.input_data_dir, args.rounds, args.small,
+                     args.timeout_s)
+
+
+if __name__ == "__main__":
+  main()

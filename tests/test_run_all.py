@@ -1,0 +1,38 @@
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "benchmarks"))
+import run_all  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def test_default_malloc_runs_opt_out_of_the_reexec_and_drop_tunables(
+    monkeypatch):
+  monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
+  plain = run_all.Run("x", ("python", "a.py"), huge_pages=False)
+  env = plain.environment()
+  assert "GLIBC_TUNABLES" not in env and env["MAE_JAX_NO_REEXEC"] == "1"
+  assert plain.command_line() == "MAE_JAX_NO_REEXEC=1 python a.py"
+  huge = run_all.Run("x", ("python", "a.py")).environment()
+  assert huge["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+
+
+def test_every_cpu_figure_of_the_table_has_a_run():
+  labels = [run.label for run in run_all.cpu_runs(small=True)]
+  rows = {label: [{"step_s_median": s, "batch": 8, "mfu": 0.5,
+                   "train_gflop_per_img": 59.0}] for label, s in
+          zip(labels, (4.0, 3.0, 4.0, 4.0, 9.0))}
+  rows["mae_jax, encoder with mask tokens"][0]["train_gflop_per_img"] = 177.0
+  table = run_all.cpu_table(rows)
+  assert "| mae_jax, glibc.malloc.hugetlb=1 | 3.00 | 2.67 | 0.50 | 1.33x |" in (
+      table)
+  assert "3.00x the step time, 3.00x the FLOPs" in table
+
+
+def test_tpu_runs_cover_the_issues_figures():
+  labels = " ".join(run.label for run in run_all.tpu_runs(small=False))
+  for size in ("base", "large", "huge"):
+    assert f"MAE {size} pretraining, remat" in labels
+    assert f"MAE {size} pretraining, stock Flax" in labels
+    assert f"{size} fine-tuning" in labels
+  assert "CAE base pretraining" in labels and "mask tokens" in labels
