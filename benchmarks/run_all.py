@@ -83,6 +83,13 @@ def cpu_runs(small: bool) -> list[Run]:
       Run("mae_jax, encoder with mask tokens",
           mae_jax_step(config, *fixed, "--config.model.encoder_mask_tokens"
                        "=True", steps=steps, warmup=warmup)),
+      # CAE-B's step (pixel targets: no tokenizer weights needed) against
+      # MAE-B's (CAE §5.2: the regressor, decoder and alignment cost ~1.24x).
+      Run("mae_jax, CAE-B (pixel targets)",
+          mae_jax_step("configs/cae_vit_base_pretrain.py", *fixed,
+                       "--config.model.target=pixels",
+                       "--config.data.second_view_size=0", steps=steps,
+                       warmup=warmup)),
   ]
 
 
@@ -192,6 +199,10 @@ def cpu_table(results: dict[str, list[dict]]) -> str:
                              results["mae_jax, glibc.malloc.hugetlb=1"]))
   lines.append(f"\nencoder with mask tokens: {ratio:.2f}x the step time, "
                f"{flops:.2f}x the FLOPs")
+  cae = "mae_jax, CAE-B (pixel targets)"
+  if cae in step:
+    cae_ratio = step[cae] / step["mae_jax, glibc.malloc.hugetlb=1"]
+    lines.append(f"CAE-B: {cae_ratio:.2f}x MAE-B's step time")
   return "\n".join(lines)
 
 

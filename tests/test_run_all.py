@@ -21,12 +21,13 @@ def test_every_cpu_figure_of_the_table_has_a_run():
   labels = [run.label for run in run_all.cpu_runs(small=True)]
   rows = {label: [{"step_s_median": s, "batch": 8, "mfu": 0.5,
                    "train_gflop_per_img": 59.0}] for label, s in
-          zip(labels, (4.0, 3.0, 4.0, 4.0, 9.0))}
+          zip(labels, (4.0, 3.0, 4.0, 4.0, 9.0, 3.6))}
   rows["mae_jax, encoder with mask tokens"][0]["train_gflop_per_img"] = 177.0
   table = run_all.cpu_table(rows)
   assert "| mae_jax, glibc.malloc.hugetlb=1 | 3.00 | 2.67 | 0.50 | 1.33x |" in (
       table)
   assert "3.00x the step time, 3.00x the FLOPs" in table
+  assert "CAE-B: 1.20x MAE-B's step time" in table
 
 
 def test_tpu_runs_cover_the_issues_figures():
