@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 ERASE_AREA = (0.02, 1 / 3)  # fraction of the image, per box
-ERASE_LOG_ASPECT = (math.log(0.3), math.log(1 / 0.3))
+ERASE_LOG_RATIO = (math.log(0.3), math.log(1 / 0.3))
 ERASE_ATTEMPTS = 10
 
 
@@ -142,8 +142,8 @@ def _erase_one(key: jax.Array, image: jnp.ndarray,
       area_key, (ERASE_ATTEMPTS,), minval=ERASE_AREA[0],
       maxval=ERASE_AREA[1]) * (height * width)
   aspect = jnp.exp(jax.random.uniform(
-      aspect_key, (ERASE_ATTEMPTS,), minval=ERASE_LOG_ASPECT[0],
-      maxval=ERASE_LOG_ASPECT[1]))
+      aspect_key, (ERASE_ATTEMPTS,), minval=ERASE_LOG_RATIO[0],
+      maxval=ERASE_LOG_RATIO[1]))
   # jnp.round rounds half to even, like Python's round in timm.
   box_h = jnp.round(jnp.sqrt(target_area * aspect)).astype(jnp.int32)
   box_w = jnp.round(jnp.sqrt(target_area / aspect)).astype(jnp.int32)

@@ -25,7 +25,7 @@ MASKINGS = ("random", "block", "grid")
 # Atten4Vis/CAE furnace/masking_generator.py): each block covers at least 16
 # patches, with an aspect ratio in [0.3, 1/0.3], placed in at most 10 attempts.
 MIN_BLOCK_PATCHES = 16
-BLOCK_ASPECT_RATIO = (0.3, 1 / 0.3)
+BLOCK_SHAPE_RATIO = (0.3, 1 / 0.3)
 BLOCK_ATTEMPTS = 10
 # BEiT loops until the count is reached; a compiled step needs a bound. Its
 # generator needs 6.3 blocks on average for 98 of 14x14 patches and fewer
@@ -186,7 +186,7 @@ def block_mask(key: jax.Array, grid_hw: tuple[int, int], num_masked: int
   gh, gw = grid_hw
   rows = jnp.arange(gh * gw) // gw
   cols = jnp.arange(gh * gw) % gw
-  log_aspect = tuple(math.log(r) for r in BLOCK_ASPECT_RATIO)
+  log_aspect = tuple(math.log(r) for r in BLOCK_SHAPE_RATIO)
 
   def add_block(carry):
     mask, count, blocks = carry
