@@ -102,7 +102,7 @@ def in_top_k(logits: jnp.ndarray, labels: jnp.ndarray, k: int) -> jnp.ndarray:
   return rank < k
 
 
-class CAEReconstructionFigures:
+class CAEReconstructionFigures(ReconstructionFigures):
   """A CAE's figures of a fixed set of images with a fixed masking (target
   'pixels'):
   - 'reconstruction': masked input | the decoder's prediction of the masked
@@ -118,15 +118,10 @@ class CAEReconstructionFigures:
   def __init__(self, model, masking_kind: str, source: sources.Source,
                count: int, seed: int, every_steps: int,
                corrupt_images: str = "fail"):
-    images = pipeline.eval_images(source, count, model.image_size,
-                                  corrupt_images)
-    self._images = transforms.normalize(images)
-    self._noise = figure_noise(model, masking_kind, len(images), seed)
-    self._model = model
-    self._apply = jax.jit(model.apply)
+    super().__init__(model, masking_kind, source, count, seed, every_steps,
+                     corrupt_images)
     self._all_patches = jax.jit(functools.partial(
         model.apply, method=model.decode_all_patches))
-    self.every_steps = every_steps
 
   def __call__(self, state) -> Report:
     params = {"params": devices_lib.unreplicate(state.params)}
