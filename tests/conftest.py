@@ -1,7 +1,10 @@
 """Test setup: 8 emulated CPU devices, set before JAX initialises."""
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -9,6 +12,17 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Tests compile the same tiny models again and again, in this process and in
+# the runs they start: JAX's persistent compilation cache, one per test
+# session and shared by its xdist workers and their subprocesses (all inherit
+# the environment), compiles each once. Its entries are keyed by the program,
+# the devices and the versions, so a hit is the same executable.
+if ("PYTEST_XDIST_WORKER" not in os.environ
+    and "JAX_COMPILATION_CACHE_DIR" not in os.environ):
+  _cache = tempfile.mkdtemp(prefix="mae_jax_tests_jit_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # Configs import `configs.common`, resolved from the repository root.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
