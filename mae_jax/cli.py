@@ -7,12 +7,18 @@ this module's `ArgumentParser`. After an error the process ends at once
 (`os._exit`): orbax's threads, waiting on a save that failed on this or on
 another process, would otherwise keep the interpreter from exiting for many
 minutes.
+
+In a run of several processes it first leaves the run with the others
+(`jax.distributed.shutdown`, bounded): process 0 hosts the coordination
+service, and a process still connected to it when it ends is aborted by the
+runtime ("another task died") before it can report its own error.
 """
 
 import argparse
 import ast
 import os
 import sys
+import threading
 import traceback
 from typing import Callable, NoReturn
 
@@ -41,7 +47,25 @@ def _verbose() -> bool:
   return logging.get_verbosity() >= 1
 
 
-def _exit(code: int) -> NoReturn:
+# How long an ending process waits at `jax.distributed.shutdown` for the
+# others to end too.
+LEAVE_TIMEOUT_S = 60
+
+
+def _leave_distributed_run():
+  """`jax.distributed.shutdown()` if this process is part of a multi-process
+  run, giving up after LEAVE_TIMEOUT_S (another process may hang)."""
+  jax = sys.modules.get("jax")
+  if jax is None or not jax.distributed.is_initialized():
+    return
+  leaving = threading.Thread(target=jax.distributed.shutdown, daemon=True)
+  leaving.start()
+  leaving.join(LEAVE_TIMEOUT_S)
+
+
+def _exit(code: int, leave_distributed_run: bool = True) -> NoReturn:
+  if leave_distributed_run:
+    _leave_distributed_run()
   logging.flush()
   sys.stdout.flush()
   sys.stderr.flush()
@@ -68,7 +92,8 @@ def report(error: BaseException) -> NoReturn:
   after Ctrl-C."""
   if isinstance(error, KeyboardInterrupt):
     print(f"{_program()}: stopped by Ctrl-C", file=sys.stderr)
-    _exit(130)
+    # At once: the other processes, not interrupted, would keep it waiting.
+    _exit(130, leave_distributed_run=False)
   if isinstance(error, SystemExit):
     _exit(error.code if isinstance(error.code, int) else 1)
   if _verbose() or not isinstance(error, EXPECTED_ERRORS):

@@ -67,9 +67,14 @@ def _get(client, key: str, process: int, name: str, timeout_s: float) -> str:
   try:
     return client.blocking_key_value_get(key, int(timeout_s * 1000))
   except Exception as e:  # pylint: disable=broad-except
-    raise TimeoutError(
-        f"{name}: process {process} did not report within {timeout_s:.0f} s; "
-        f"it may have stopped or hung (see its log) ({e})") from e
+    if "DEADLINE_EXCEEDED" in str(e):
+      raise TimeoutError(
+          f"{name}: process {process} did not report within {timeout_s:.0f} "
+          f"s; it may have stopped or hung (see its log) ({e})") from e
+    raise RuntimeError(
+        f"{name}: lost the coordination service (run by process 0) while "
+        f"waiting for process {process}; process 0 may have stopped (see its "
+        f"log) ({e})") from e
 
 
 def gather(name: str, value: str, timeout_s: float = TIMEOUT_S) -> list[str]:

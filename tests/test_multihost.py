@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -260,6 +261,76 @@ def test_decisions_are_shared_and_waits_end():
     assert "decision failed: no such checkpoint" in output, output
   assert re.search(r"timed out: waiting: process 0 did not report within 3 s",
                    outputs[1]), outputs[1]
+
+
+# Process 0 fails a decision and ends as the command lines do. Process 1
+# reads the decision late ("late"), or never ("hung").
+FAILED_DECISION = """
+import sys
+import time
+import jax
+from mae_jax import cli
+from mae_jax import multihost
+
+process_id, behaviour = int(sys.argv[2]), sys.argv[3]
+jax.distributed.initialize(sys.argv[1], 2, process_id)
+jax.devices()
+if behaviour == "hung":
+  cli.LEAVE_TIMEOUT_S = 5
+if process_id == 1:
+  time.sleep(5 if behaviour == "late" else 600)
+
+def decide():
+  raise PermissionError("checkpoints/4: read-only file system")
+
+cli.run(lambda: multihost.on_process_0("saving", decide))
+"""
+
+
+def _failed_decision(behaviour: str, timeout_s: float
+                     ) -> list[tuple[int | None, str]]:
+  """Each process's exit code (None: still running after `timeout_s`) and
+  output."""
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  address = f"localhost:{_free_port()}"
+  processes = [subprocess.Popen(
+      [sys.executable, "-c", FAILED_DECISION, address, str(i), behaviour],
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for i in range(2)]
+  deadline = time.monotonic() + timeout_s
+  results = []
+  try:
+    for process in processes:
+      try:
+        output = process.communicate(
+            timeout=max(deadline - time.monotonic(), 0.1))[0]
+      except subprocess.TimeoutExpired:
+        process.kill()
+        output = process.communicate()[0]
+        results.append((None, output))
+      else:
+        results.append((process.returncode, output))
+  finally:
+    for process in processes:
+      process.kill()
+  return results
+
+
+def test_process_0_failing_ends_after_the_others_heard_of_it():
+  # Process 0 hosts the coordination service: had it ended at once, the
+  # runtime would abort process 1 (SIGABRT) before it read the cause.
+  for returncode, output in _failed_decision("late", timeout_s=120):
+    assert returncode == 1, output[-3000:]
+    assert "error: checkpoints/4: read-only file system" in output, (
+        output[-3000:])
+
+
+def test_process_0_failing_does_not_wait_long_for_a_hung_process():
+  (returncode, output), _ = _failed_decision("hung", timeout_s=90)
+  assert returncode == 1, output[-3000:]
+  assert "error: checkpoints/4: read-only file system" in output, (
+      output[-3000:])
 
 
 def test_knn_over_two_processes_is_the_knn_of_one(tmp_path):
