@@ -72,6 +72,13 @@ def _exit(code: int, leave_distributed_run: bool = True) -> NoReturn:
   os._exit(code)  # pylint: disable=protected-access
 
 
+def exit_with_error(message: str) -> NoReturn:
+  """Prints 'program: error: message' and ends the process at once, from any
+  thread: for a watchdog whose main thread is stuck in a library call."""
+  print(f"{_program()}: error: {message}", file=sys.stderr)
+  _exit(1, leave_distributed_run=False)
+
+
 def _config_flag_message(error: BaseException) -> str:
   """What ml_collections raised for a --config mistake, for a person: an
   unknown field arrives as a KeyError's quoted message (with a did-you-mean

@@ -8,13 +8,17 @@ read too (TPU_WORKER_HOSTNAMES, or the VM's metadata server). Where a TPU
 host's slice cannot be told, it fails rather than guess.
 """
 
+import contextlib
 import glob
 import importlib.util
 import os
+import threading
 from typing import Callable, Mapping
 import urllib.request
 
 import jax
+
+from mae_jax import cli
 
 # Device files through which libtpu drives TPU chips: /dev/accel* (TPU v2-v4),
 # /dev/vfio/<n> (v5e and later). Google's TPU VM documentation names them.
@@ -22,6 +26,10 @@ _TPU_DEVICE_FILES = ("/dev/accel*", "/dev/vfio/[0-9]*")
 # The metadata server of a Cloud TPU VM lists the slice's hosts here.
 _WORKERS_METADATA_URL = ("http://metadata.google.internal/computeMetadata/v1/"
                          "instance/attributes/worker-network-endpoints")
+# How long a process waits for all the others to connect. jax's own limit is
+# set beyond it: when jax's runs out, it aborts the process (SIGABRT, a C++
+# stack trace that says "another task died"); this one ends it with the fix.
+JOIN_TIMEOUT_S = 300
 
 
 def on_tpu_host() -> bool:
@@ -108,12 +116,42 @@ def initialize(coordinator_address: str | None, num_processes: int | None,
   # gloo is the default in jax 0.10; set explicitly because without a CPU
   # collectives implementation, cross-process collectives on CPU fail.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax_timeout_s = JOIN_TIMEOUT_S + 60
   if setup == "tpu_slice":
     try:
-      jax.distributed.initialize()  # jax reads the slice's hosts itself
+      with _join_watchdog("the hosts of this TPU slice"):
+        # jax reads the slice's hosts itself.
+        jax.distributed.initialize(initialization_timeout=jax_timeout_s)
     except ValueError as e:
       raise RuntimeError(
           f"jax could not find the other hosts of this TPU slice ({e}); pass "
           "--coordinator_address, --num_processes and --process_id") from e
   else:
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    with _join_watchdog(
+        f"the {num_processes} processes of the run (--num_processes="
+        f"{num_processes}, --coordinator_address={coordinator_address})"):
+      jax.distributed.initialize(coordinator_address, num_processes,
+                                 process_id,
+                                 initialization_timeout=jax_timeout_s)
+
+
+@contextlib.contextmanager
+def _join_watchdog(who: str):
+  """Ends the process with a clear error if the block (connecting to the
+  others) takes over JOIN_TIMEOUT_S: the main thread is inside jax's C++
+  call and cannot be interrupted, so a watchdog thread ends the process."""
+  done = threading.Event()
+
+  def watch():
+    if not done.wait(JOIN_TIMEOUT_S):
+      cli.exit_with_error(
+          f"{who} did not all connect within {JOIN_TIMEOUT_S} s. Start the same "
+          "command on every host of the run, each with its own --process_id "
+          "(0 on the coordinator's host), and check that the coordinator's "
+          "host and port are reachable from every host.")
+
+  threading.Thread(target=watch, daemon=True).start()
+  try:
+    yield
+  finally:
+    done.set()

@@ -333,6 +333,32 @@ def test_process_0_failing_does_not_wait_long_for_a_hung_process():
       output[-3000:])
 
 
+ALONE = """
+import sys
+from mae_jax import cli
+from mae_jax import cluster
+
+cluster.JOIN_TIMEOUT_S = 3
+cli.run(lambda: cluster.initialize(sys.argv[1], 2, int(sys.argv[2])))
+"""
+
+
+@pytest.mark.parametrize("process_id", [0, 1])
+def test_a_process_whose_peers_never_come_ends_with_the_fix(process_id):
+  # Process 0 waits for process 1, process 1 for a coordinator that is not
+  # there; jax itself would abort each with a C++ stack trace.
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  address = f"localhost:{_free_port()}"
+  result = subprocess.run(
+      [sys.executable, "-c", ALONE, address, str(process_id)], env=env,
+      capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert (f"the 2 processes of the run (--num_processes=2, "
+          f"--coordinator_address={address}) did not all connect within 3 s"
+          in result.stderr), result.stderr[-3000:]
+  assert "Check failure" not in result.stderr, result.stderr[-3000:]
+
+
 def test_knn_over_two_processes_is_the_knn_of_one(tmp_path):
   # The bank sharded over 2 processes x 4 devices, the candidates merged
   # across processes inside the step.
