@@ -12,6 +12,7 @@ import contextlib
 import glob
 import importlib.util
 import os
+import socket
 import threading
 from typing import Callable, Mapping
 import urllib.request
@@ -127,12 +128,36 @@ def initialize(coordinator_address: str | None, num_processes: int | None,
           f"jax could not find the other hosts of this TPU slice ({e}); pass "
           "--coordinator_address, --num_processes and --process_id") from e
   else:
+    if process_id == 0:
+      _check_coordinator_port_is_free(coordinator_address)
     with _join_watchdog(
         f"the {num_processes} processes of the run (--num_processes="
         f"{num_processes}, --coordinator_address={coordinator_address})"):
       jax.distributed.initialize(coordinator_address, num_processes,
                                  process_id,
                                  initialization_timeout=jax_timeout_s)
+
+
+def _check_coordinator_port_is_free(address: str):
+  """Fails if another process listens on process 0's coordinator port.
+
+  The coordination service binds with SO_REUSEPORT, so a second run (or a
+  second process given --process_id=0) on the same port would start anyway,
+  and the two runs' processes would knock each other out with an abort.
+  (SO_REUSEADDR: a port whose last run's connections linger is free.)
+  """
+  port = int(address.rpartition(":")[2])
+  with socket.socket(socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET,
+                     socket.SOCK_STREAM) as probe:
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+      probe.bind(("", port))
+    except OSError as e:
+      raise RuntimeError(
+          f"--coordinator_address={address}: port {port} is in use on this "
+          f"host ({e.strerror}), by another run or another process with "
+          "--process_id=0. Give every process of this run another, free "
+          "port.") from e
 
 
 @contextlib.contextmanager

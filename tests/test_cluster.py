@@ -1,3 +1,5 @@
+import socket
+
 import pytest
 
 from mae_jax import cluster
@@ -48,3 +50,16 @@ def test_worker_count_from_the_environment_or_the_metadata_server():
   assert cluster.tpu_worker_count({}, lambda: "10.0.0.2") == 1
   assert cluster.tpu_worker_count({}, lambda: None) is None
   assert cluster.tpu_worker_count({}, lambda: " ") is None
+
+
+def test_a_coordinator_port_in_use_is_refused_before_connecting():
+  # The coordination service listens with SO_REUSEPORT, as another run's
+  # would: jax would start a second service on the same port.
+  with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as listener:
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    listener.bind(("", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    with pytest.raises(RuntimeError, match=f"port {port} is in use on this "
+                       "host .*another process with --process_id=0"):
+      cluster.initialize(f"localhost:{port}", 2, 0)
