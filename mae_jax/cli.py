@@ -58,7 +58,15 @@ def _leave_distributed_run():
   jax = sys.modules.get("jax")
   if jax is None or not jax.distributed.is_initialized():
     return
-  leaving = threading.Thread(target=jax.distributed.shutdown, daemon=True)
+
+  def leave():
+    try:
+      jax.distributed.shutdown()
+    except Exception as e:  # pylint: disable=broad-except
+      # The others may have gone first; this process ends either way.
+      logging.warning("leaving the multi-process run: %s", e)
+
+  leaving = threading.Thread(target=leave, daemon=True)
   leaving.start()
   leaving.join(LEAVE_TIMEOUT_S)
 
