@@ -170,10 +170,10 @@ def _join_watchdog(who: str):
   def watch():
     if not done.wait(JOIN_TIMEOUT_S):
       cli.exit_with_error(
-          f"{who} did not all connect within {JOIN_TIMEOUT_S} s. Start the same "
-          "command on every host of the run, each with its own --process_id "
-          "(0 on the coordinator's host), and check that the coordinator's "
-          "host and port are reachable from every host.")
+          f"{who} did not all connect within {JOIN_TIMEOUT_S} s. Start the "
+          "same command on every host of the run, each with its own "
+          "--process_id (0 on the coordinator's host), and check that the "
+          "coordinator's host and port are reachable from every host.")
 
   threading.Thread(target=watch, daemon=True).start()
   try:

@@ -357,8 +357,8 @@ def mae_config(*, image_size: int, patch_size: int, width: int, depth: int,
       decoder_width=decoder_width, decoder_depth=decoder_depth,
       decoder_num_heads=decoder_num_heads, decoder_mlp_dim=decoder_mlp_dim,
       mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss,
-      loss_on_all_patches=False, encoder_mask_tokens=False, layer_norm_eps=layer_norm_eps, dtype="auto",
-      remat=False))
+      loss_on_all_patches=False, encoder_mask_tokens=False,
+      layer_norm_eps=layer_norm_eps, dtype="auto", remat=False))
 
 
 def cae_config(*, image_size: int, patch_size: int, width: int, depth: int,
