@@ -243,19 +243,41 @@ if process_id == 1:
 """
 
 
-def test_decisions_are_shared_and_waits_end():
+def _run_two(script: str, *args: str, timeout_s: float
+             ) -> list[tuple[int | None, str]]:
+  """`script` run as processes 0 and 1 of one JAX run (argv: the
+  coordinator's address, the process id, `args`): each one's exit code
+  (None: killed, still running after `timeout_s`) and output."""
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=1")
   address = f"localhost:{_free_port()}"
   processes = [subprocess.Popen(
-      [sys.executable, "-c", DECISIONS, address, str(i)], env=env,
+      [sys.executable, "-c", script, address, str(i), *args], env=env,
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                for i in range(2)]
+  deadline = time.monotonic() + timeout_s
+  results = []
   try:
-    outputs = [p.communicate(timeout=120)[0] for p in processes]
+    for process in processes:
+      try:
+        output = process.communicate(
+            timeout=max(deadline - time.monotonic(), 0.1))[0]
+      except subprocess.TimeoutExpired:
+        process.kill()
+        results.append((None, process.communicate()[0]))
+      else:
+        results.append((process.returncode, output))
   finally:
-    for p in processes:
-      p.kill()
+    for process in processes:
+      process.kill()
+  return results
+
+
+def test_decisions_are_shared_and_waits_end():
+  results = _run_two(DECISIONS, timeout_s=240)
+  for returncode, output in results:
+    assert returncode is not None, f"still running after 240 s:\n{output}"
+  outputs = [output for _, output in results]
   for output in outputs:
     assert "errors: ['process 1: ValueError: bad input on 1']" in output, output
     assert "decision failed: no such checkpoint" in output, output
@@ -287,47 +309,17 @@ cli.run(lambda: multihost.on_process_0("saving", decide))
 """
 
 
-def _failed_decision(behaviour: str, timeout_s: float
-                     ) -> list[tuple[int | None, str]]:
-  """Each process's exit code (None: still running after `timeout_s`) and
-  output."""
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  address = f"localhost:{_free_port()}"
-  processes = [subprocess.Popen(
-      [sys.executable, "-c", FAILED_DECISION, address, str(i), behaviour],
-      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-               for i in range(2)]
-  deadline = time.monotonic() + timeout_s
-  results = []
-  try:
-    for process in processes:
-      try:
-        output = process.communicate(
-            timeout=max(deadline - time.monotonic(), 0.1))[0]
-      except subprocess.TimeoutExpired:
-        process.kill()
-        output = process.communicate()[0]
-        results.append((None, output))
-      else:
-        results.append((process.returncode, output))
-  finally:
-    for process in processes:
-      process.kill()
-  return results
-
-
 def test_process_0_failing_ends_after_the_others_heard_of_it():
   # Process 0 hosts the coordination service: had it ended at once, the
   # runtime would abort process 1 (SIGABRT) before it read the cause.
-  for returncode, output in _failed_decision("late", timeout_s=120):
+  for returncode, output in _run_two(FAILED_DECISION, "late", timeout_s=120):
     assert returncode == 1, output[-3000:]
     assert "error: checkpoints/4: read-only file system" in output, (
         output[-3000:])
 
 
 def test_process_0_failing_does_not_wait_long_for_a_hung_process():
-  (returncode, output), _ = _failed_decision("hung", timeout_s=90)
+  (returncode, output), _ = _run_two(FAILED_DECISION, "hung", timeout_s=90)
   assert returncode == 1, output[-3000:]
   assert "error: checkpoints/4: read-only file system" in output, (
       output[-3000:])
