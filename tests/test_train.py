@@ -187,6 +187,23 @@ def test_a_diverging_update_stops_the_run_at_its_step(tmp_path):
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored))
 
 
+def test_update_norm_is_the_norm_of_the_change_of_the_parameters():
+  config = tiny_config(warmup_steps=0)
+  state, step = _step_fn(config)
+  devices = jax.local_devices()
+  replicated = devices_lib.replicate(state, devices)
+  new_state, metrics = step(replicated, devices_lib.shard(
+      _fixed_batch(config, 8), devices), devices_lib.replicate(
+          jax.random.key(1), devices))
+  new_params = devices_lib.unreplicate(new_state).params
+  change = np.sqrt(sum(
+      np.sum((np.float64(new) - np.float64(old))**2) for new, old in zip(
+          jax.tree.leaves(new_params), jax.tree.leaves(state.params))))
+  update_norm = float(devices_lib.unreplicate(metrics).update_norm.compute())
+  assert update_norm > 0
+  np.testing.assert_allclose(update_norm, float(change), rtol=1e-4)
+
+
 @pytest.mark.parametrize("loss, grad_norm, update_norm, flagged", [
     (1.0, 2.0, 0.1, False),
     (np.nan, 2.0, 0.1, True),
