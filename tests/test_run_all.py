@@ -1,5 +1,8 @@
 import os
+import subprocess
 import sys
+
+import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "benchmarks"))
@@ -37,3 +40,15 @@ def test_tpu_runs_cover_the_issues_figures():
     assert f"MAE {size} pretraining, stock Flax" in labels
     assert f"{size} fine-tuning" in labels
   assert "CAE base pretraining" in labels and "mask tokens" in labels
+
+
+def test_the_step_breakdown_patch_still_applies_to_the_trainer():
+  """BENCHMARKS.md's variants of the TPU step are made by applying this
+  patch in a scratch clone; it must keep applying as train.py changes."""
+  root = run_all.ROOT
+  if not os.path.isdir(os.path.join(root, ".git")):
+    pytest.skip("not a git checkout")
+  done = subprocess.run(
+      ["git", "apply", "--check", "benchmarks/tpu_step_breakdown.patch"],
+      cwd=root, capture_output=True, text=True, check=False)
+  assert done.returncode == 0, done.stderr
