@@ -18,7 +18,8 @@ tpu: every estimate of BENCHMARKS.md's TPU section (`python -m
 mae_jax.benchmark --topology=...` and the stock-Flax reference,
 benchmarks/flax_reference_mae.py), one after the other (they are XLA's
 deterministic cost-model figures; compiling ViT-H takes minutes). Needs
-libtpu (`pip install -e .[tpu_estimate]`).
+libtpu (`scripts/in_venv.sh --tpu_estimate python benchmarks/run_all.py
+--section=tpu`).
 
 input: benchmarks/input_pipeline.py (its own interleaved rounds and
 medians), writing its ImageNet-like data to `--input_data_dir` first if that

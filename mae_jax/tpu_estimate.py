@@ -1,6 +1,6 @@
 """XLA's estimate of the train step on a TPU this machine does not have.
 
-With libtpu installed (`pip install -e .[tpu_estimate]`), XLA compiles for a
+With libtpu installed (`scripts/in_venv.sh --tpu_estimate`), XLA compiles for a
 named TPU topology with no TPU attached: `jax.experimental.topologies` gives
 compile-only devices, and the compiled step's `cost_analysis()` holds XLA's
 own estimate of its run time (`optimal_seconds`) and its `memory_analysis()`
@@ -93,8 +93,10 @@ def libtpu_missing() -> str | None:
   try:
     import libtpu  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
-    return ("libtpu is not installed; install it with "
-            "`pip install -e .[tpu_estimate]` (libtpu==0.0.42.* for jax 0.10.2)")
+    return ("libtpu is not installed here; run the command with "
+            "`scripts/in_venv.sh --tpu_estimate ...` (it builds .venv-tpu with "
+            "libtpu==0.0.42.* for jax 0.10.2), or `pip install -e "
+            ".[tpu_estimate]` into an environment of its own")
   return None
 
 

@@ -8,20 +8,28 @@
 #
 #   scripts/in_venv.sh python -m mae_jax.main --config=configs/demo.py ...
 #   scripts/in_venv.sh --test python -m pytest -n 2 -rs
+#
+# --tpu_estimate also builds .venv-tpu: .venv's packages plus libtpu (the
+# `tpu_estimate` extra of setup.py), in which XLA compiles for TPU topologies
+# (python -m mae_jax.benchmark --topology=...). libtpu lives apart from .venv
+# because with it installed every JAX process looks for a TPU at start.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
+TPU_VENV="$ROOT/.venv-tpu"
 IS_PY311='import sys; sys.exit(sys.version_info[:2] != (3, 11))'
 
 usage() {
   cat <<'USAGE'
-Usage: scripts/in_venv.sh [--test] COMMAND [ARGS...]
+Usage: scripts/in_venv.sh [--test | --tpu_estimate] COMMAND [ARGS...]
 
 Builds or updates .venv (Python 3.11, requirements.txt, the package; with
 --test also requirements-test*.txt: torch, transformers, DALL-E,
 shellcheck), then
-runs COMMAND in the repository root with .venv activated.
+runs COMMAND in the repository root with .venv activated. --tpu_estimate
+also builds .venv-tpu (.venv's packages and libtpu, for TPU estimates) and
+runs COMMAND there.
 USAGE
 }
 
@@ -73,11 +81,32 @@ pip_install() {
   "$VENV/bin/python" -m pip install -q "$@"
 }
 
+# .venv-tpu sees .venv's packages through a .pth file that adds .venv's
+# site-packages as a site directory (so its own .pth files, the editable
+# mae_jax among them, count too); only libtpu is installed into it.
+build_tpu_venv() {
+  if [[ ! -e "$TPU_VENV/bin/python" ]]; then
+    echo "in_venv.sh: creating $TPU_VENV on top of $VENV (once)" >&2
+    "$VENV/bin/python" -m venv "$TPU_VENV"
+  fi
+  local site="lib/python3.11/site-packages"
+  mkdir -p "$TPU_VENV/$site"
+  echo "import site; site.addsitedir('$VENV/$site')" \
+    >"$TPU_VENV/$site/mae_jax_venv.pth"
+  local stamp="$TPU_VENV/.installed-tpu_estimate"
+  if [[ ! -f "$stamp" || "$(<"$stamp")" != "$(cksum setup.py)" ]]; then
+    echo "in_venv.sh: pip install the tpu_estimate extra into $TPU_VENV" >&2
+    "$TPU_VENV/bin/python" -m pip install -q -e ".[tpu_estimate]"
+    cksum setup.py >"$stamp"
+  fi
+}
+
 main() {
-  local with_test=0
+  local with_test=0 with_tpu=0
   case "${1:-}" in
     -h | --help) usage; exit 0 ;;
     --test) with_test=1; shift ;;
+    --tpu_estimate) with_tpu=1; shift ;;
   esac
   (($#)) || { usage >&2; exit 2; }
 
@@ -105,8 +134,14 @@ main() {
     mark_installed test "${tests[@]}"
   fi
 
-  # shellcheck disable=SC1091
-  . "$VENV/bin/activate"
+  if ((with_tpu)); then
+    build_tpu_venv
+    # shellcheck disable=SC1091
+    . "$TPU_VENV/bin/activate"
+  else
+    # shellcheck disable=SC1091
+    . "$VENV/bin/activate"
+  fi
   exec "$@"
 }
 

@@ -30,6 +30,12 @@ fi
 exec {sys.executable} "$@"
 """
 FAKE_VENV_PYTHON = f"""#!{BASH}
+if [ "$1" = -m ] && [ "$2" = venv ]; then
+  mkdir -p "$3/bin"
+  cp "$0" "$3/bin/python"
+  printf 'PATH="%s/bin:$PATH"\\n' "$3" > "$3/bin/activate"
+  exit 0
+fi
 if [ "$1" = -m ] && [ "$2" = pip ]; then
   shift 2
   echo "$*" >> "$FAKE_PIP_LOG"
@@ -115,6 +121,20 @@ def test_test_flag_adds_the_test_requirements_once(repo):
       "install -q --no-deps -r requirements-test-nodeps.txt"]
 
 
+def test_tpu_estimate_flag_layers_libtpu_over_the_venv_once(repo):
+  repo, run = repo
+  result = run("--tpu_estimate", "sh", "-c", "command -v python")
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.strip() == str(repo / ".venv-tpu" / "bin" / "python")
+  assert run("--tpu_estimate", "true").returncode == 0
+  assert pip_calls(repo) == ["install -q -r requirements.txt",
+                             "install -q --no-deps -e .",
+                             "install -q -e .[tpu_estimate]"]
+  site = "lib/python3.11/site-packages"
+  assert (repo / ".venv-tpu" / site / "mae_jax_venv.pth").read_text() == (
+      f"import site; site.addsitedir('{repo / '.venv' / site}')\n")
+
+
 def test_the_command_fails_as_itself(repo):
   repo, run = repo
   assert run("sh", "-c", "exit 7").returncode == 7
@@ -148,8 +168,12 @@ def test_ci_runs_the_readme_test_command_verbatim():
     readme_blocks = re.findall(r"```bash\n(.*?)```", f.read(), re.S)
   readme_lines = {line for block in readme_blocks
                   for line in block.splitlines()}
-  assert ci_commands == ["scripts/in_venv.sh --test python -m pytest -n 2 -rs"]
-  assert ci_commands[0] in readme_lines
+  # The last is the README's test command; any before it only build
+  # environments (`true` as their command).
+  assert ci_commands[-1] == (
+      "scripts/in_venv.sh --test python -m pytest -n 2 -rs")
+  assert ci_commands[-1] in readme_lines
+  assert all(line.endswith(" true") for line in ci_commands[:-1])
 
 
 def test_scripts_are_shellcheck_clean():

@@ -1,5 +1,6 @@
 import functools
 import os
+import subprocess
 import sys
 
 import chex
@@ -12,13 +13,49 @@ from mae_jax import optim
 from mae_jax import tasks
 from mae_jax import tpu_estimate
 from mae_jax import train
+import testing_utils
 from testing_utils import mae_training_matmul_flops
 from testing_utils import tiny_config
 from testing_utils import tiny_model
 
-needs_libtpu = pytest.mark.skipif(
-    tpu_estimate.libtpu_missing() is not None,
-    reason=str(tpu_estimate.libtpu_missing()))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Where CI installs libtpu: apart from .venv, since with libtpu installed every
+# JAX process looks for a TPU at start (scripts/in_venv.sh --tpu_estimate).
+TPU_VENV_PYTHON = os.path.join(ROOT, ".venv-tpu", "bin", "python")
+
+
+def needs_libtpu(test):
+  """Marks a test that compiles for a TPU topology: it skips without libtpu,
+  and `test_the_libtpu_tests_pass_in_the_tpu_estimate_venv` runs it where
+  libtpu is."""
+  missing = tpu_estimate.libtpu_missing()
+  return pytest.mark.needs_libtpu(pytest.mark.skipif(
+      missing is not None, reason=str(missing))(test))
+
+
+def test_the_libtpu_tests_pass_in_the_tpu_estimate_venv():
+  if tpu_estimate.libtpu_missing() is None:
+    pytest.skip("libtpu is installed here: the needs_libtpu tests run in "
+                "this session")
+  if not os.path.exists(TPU_VENV_PYTHON):
+    message = (".venv-tpu is missing: build it with `scripts/in_venv.sh "
+               "--tpu_estimate true` to run the tests that compile for a TPU "
+               "topology")
+    if os.environ.get(testing_utils.REQUIRE_TEST_EXTRAS) == "1":
+      pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+  # A session of its own: its own 8 emulated devices and no shared cache of
+  # compiled programs (a compile-only TPU executable is not one to share).
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(("PYTEST_", "JAX_COMPILATION_CACHE", "XLA_"))}
+  env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
+  done = subprocess.run(
+      [TPU_VENV_PYTHON, "-m", "pytest", "-q", "-m", "needs_libtpu",
+       os.path.abspath(__file__)], cwd=ROOT, env=env, capture_output=True,
+      text=True, timeout=900, check=False)
+  summary = done.stdout.strip().splitlines()[-1:]
+  assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+  assert summary and summary[0].startswith("3 passed"), done.stdout[-2000:]
 
 
 def test_pmap_equivalent_is_the_pmapped_step():
