@@ -29,6 +29,9 @@ def needs_libtpu(test):
   and `test_the_libtpu_tests_pass_in_the_tpu_estimate_venv` runs it where
   libtpu is."""
   missing = tpu_estimate.libtpu_missing()
+  if missing and os.path.exists(TPU_VENV_PYTHON):
+    missing = ("libtpu is not installed here; it runs in .venv-tpu instead "
+               "(test_the_libtpu_tests_pass_in_the_tpu_estimate_venv)")
   return pytest.mark.needs_libtpu(pytest.mark.skipif(
       missing is not None, reason=str(missing))(test))
 
