@@ -539,10 +539,14 @@ def test_ctrl_c_on_logs_ends_the_remote_tail(gcloud, tmp_path):
   home = worker_home(tmp_path)
   (home / "mae_jax" / "train.log").write_text("step 1\n")
   gcloud.set_tpu(workers=[home])
+  # As from a terminal: SIGINT at its default, even where pytest itself was
+  # started in the background by a shell, which ignores SIGINT for it (and
+  # bash cannot undo a SIGINT ignored on entry).
   logs = subprocess.Popen(
       [BASH, SCRIPT, "logs", "--name", "mae", "--zone", "z"], env=gcloud.env,
       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-      start_new_session=True)
+      start_new_session=True,
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   remote = None
   try:
     for line in logs.stdout:
