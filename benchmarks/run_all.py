@@ -15,11 +15,13 @@ all of them); each figure is the median over the rounds of each run's median
 step. The table BENCHMARKS.md shows is printed at the end.
 
 tpu: every estimate of BENCHMARKS.md's TPU section (`python -m
-mae_jax.benchmark --topology=...` and the stock-Flax reference,
-benchmarks/flax_reference_mae.py), one after the other (they are XLA's
-deterministic cost-model figures; compiling ViT-H takes minutes). Needs
-libtpu (`scripts/in_venv.sh --tpu_estimate python benchmarks/run_all.py
---section=tpu`).
+mae_jax.benchmark --topology=...`, the stock-Flax reference,
+benchmarks/flax_reference_mae.py, the per-operation shares of the ViT-B
+and ViT-L steps, benchmarks/tpu_op_breakdown.py, and the attention layer's
+alternative forms, benchmarks/tpu_attention_variants.py), one after the
+other (they are XLA's deterministic cost-model figures; compiling ViT-H takes
+minutes). Needs libtpu (`scripts/in_venv.sh --tpu_estimate python
+benchmarks/run_all.py --section=tpu`).
 
 input: benchmarks/input_pipeline.py (its own interleaved rounds and
 medians), writing its ImageNet-like data to `--input_data_dir` first if that
@@ -143,6 +145,19 @@ def tpu_runs(small: bool) -> list[Run]:
   return runs
 
 
+def tpu_breakdown_runs(small: bool) -> list[Run]:
+  """The per-operation shares of XLA's estimate (with --small, the demo's)."""
+  def breakdown(config):
+    return ("python", "benchmarks/tpu_op_breakdown.py", f"--config={config}",
+            "--topology=v3-8", f"--pod={'v3-8' if small else 'v3-128'}")
+
+  if small:
+    return [Run("demo MAE", breakdown("configs/demo.py"))]
+  return [Run(f"MAE {size} pretraining",
+              breakdown(f"configs/mae_vit_{size}_pretrain.py"))
+          for size in ("base", "large")]
+
+
 def run_once(run: Run, timeout_s: float) -> dict:
   """The JSON line `run` prints, with its label and command."""
   try:
@@ -221,6 +236,63 @@ def tpu_table(results: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def op_share_table(results: list[dict]) -> str:
+  """The steps' per-operation shares side by side, in the first step's
+  order."""
+  groups = list(results[0]["op_shares"])
+  for r in results[1:]:
+    groups += [g for g in r["op_shares"] if g not in groups]
+  lines = ["| part of the step | " + " | ".join(r["label"] for r in results)
+           + " |", "|---" * (len(results) + 1) + "|"]
+  for group in groups:
+    cells = [f"{r['op_shares'][group]:.1%}" if group in r["op_shares"]
+             else "" for r in results]
+    lines.append(f"| {group} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+ATTENTION_VARIANTS = ("python", "benchmarks/tpu_attention_variants.py")
+
+
+def attention_variants(timeout_s: float) -> list[dict]:
+  """The JSON lines of benchmarks/tpu_attention_variants.py, each with the
+  command."""
+  command = " ".join(ATTENTION_VARIANTS)
+  try:
+    done = subprocess.run((sys.executable,) + ATTENTION_VARIANTS[1:],
+                          cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout_s, check=False)
+  except subprocess.TimeoutExpired as e:
+    raise SystemExit(f"no result after {timeout_s:.0f} s (--timeout_s): "
+                     f"{command}") from e
+  if done.returncode:
+    raise SystemExit(f"failed (exit {done.returncode}): {command}\n"
+                     f"{done.stderr[-2000:]}")
+  return [{"command": command, **json.loads(line)}
+          for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def attention_variant_table(lines: list[dict]) -> str:
+  """Estimated ms of each form (columns) of each layer (rows) on v3, then
+  what became of the Pallas kernel."""
+  timed = [l for l in lines if "estimated_ms" in l]
+  variants = list(dict.fromkeys(l["variant"] for l in timed))
+  layers = list(dict.fromkeys(l["layer"] for l in timed))
+  ms = {(l["layer"], l["variant"]): l["estimated_ms"] for l in timed}
+  table = ["| layer | " + " | ".join(v.replace("_", " ") for v in variants)
+           + " |", "|---" * (len(variants) + 1) + "|"]
+  table += [f"| {layer} | " + " | ".join(
+      f"{ms[layer, v]:.3f}" if (layer, v) in ms else "" for v in variants)
+            + " |" for layer in layers]
+  for l in lines:
+    if "compiles" in l:
+      outcome = (l["error"] if not l["compiles"] else
+                 f"compiles; XLA's estimate {l['estimated_s']:.3g} s")
+      table.append(f"{l['topology']} {l['layer']}, {l['variant']}: "
+                   f"{outcome}")
+  return "\n".join(table)
+
+
 def input_pipeline(data_dir: str, rounds: int, small: bool,
                    timeout_s: float):
   """benchmarks/input_pipeline.py, printing its own lines and tables."""
@@ -268,6 +340,17 @@ def main():
         print(json.dumps(results[-1]), file=out, flush=True)
         print(f"{run.label}: done", file=sys.stderr)
       print(tpu_table(results))
+      breakdowns = []
+      for run in tpu_breakdown_runs(args.small):
+        breakdowns.append(run_once(run, args.timeout_s))
+        print(json.dumps(breakdowns[-1]), file=out, flush=True)
+        print(f"{run.label}, per-operation shares: done", file=sys.stderr)
+      print(op_share_table(breakdowns))
+      if not args.small:
+        variants = attention_variants(args.timeout_s)
+        for line in variants:
+          print(json.dumps(line), file=out, flush=True)
+        print(attention_variant_table(variants))
     if args.section in ("input", "all"):
       input_pipeline(args.input_data_dir, args.rounds, args.small,
                      args.timeout_s)

@@ -52,3 +52,37 @@ def test_the_step_breakdown_patch_still_applies_to_the_trainer():
       ["git", "apply", "--check", "benchmarks/tpu_step_breakdown.patch"],
       cwd=root, capture_output=True, text=True, check=False)
   assert done.returncode == 0, done.stderr
+
+
+def test_the_op_share_table_puts_the_steps_side_by_side():
+  runs = run_all.tpu_breakdown_runs(small=False)
+  assert [run.label for run in runs] == ["MAE base pretraining",
+                                         "MAE large pretraining"]
+  assert all("benchmarks/tpu_op_breakdown.py" in run.argv for run in runs)
+  table = run_all.op_share_table([
+      {"label": "B", "op_shares": {"MLP": 0.6, "attention": 0.4}},
+      {"label": "L", "op_shares": {"attention": 0.3, "MLP": 0.5,
+                                   "update": 0.2}}])
+  assert table.splitlines() == [
+      "| part of the step | B | L |", "|---|---|---|",
+      "| MLP | 60.0% | 50.0% |", "| attention | 40.0% | 30.0% |",
+      "| update |  | 20.0% |"]
+
+
+def test_the_attention_variant_table_has_a_row_per_layer():
+  lines = [
+      {"topology": "v3-8", "layer": "enc", "variant": "current",
+       "estimated_ms": 1.0},
+      {"topology": "v3-8", "layer": "enc", "variant": "two_images",
+       "estimated_ms": 0.5},
+      {"topology": "v3-8", "layer": "dec", "variant": "current",
+       "estimated_ms": 2.0},
+      {"topology": "v3-8", "layer": "dec", "variant": "pallas",
+       "compiles": False, "error": "Mosaic failed"},
+      {"topology": "v4-8", "layer": "dec", "variant": "pallas",
+       "compiles": True, "estimated_s": -1.0}]
+  assert run_all.attention_variant_table(lines).splitlines() == [
+      "| layer | current | two images |", "|---|---|---|",
+      "| enc | 1.000 | 0.500 |", "| dec | 2.000 |  |",
+      "v3-8 dec, pallas: Mosaic failed",
+      "v4-8 dec, pallas: compiles; XLA's estimate -1 s"]

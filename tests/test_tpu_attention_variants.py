@@ -1,0 +1,31 @@
+"""The attention forms that benchmarks/tpu_attention_variants.py estimates
+compute the model's attention layer, values and gradients (run on CPU)."""
+
+import functools
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "benchmarks"))
+import tpu_attention_variants as variants  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.mark.parametrize("name", sorted(set(variants.VARIANTS) - {"current"}))
+def test_each_variant_is_the_models_attention_layer(name):
+  heads, tokens, width = 4, 5, 32
+  keys = jax.random.split(jax.random.key(0), 6)
+  inputs = [jax.random.normal(key, spec.shape, jnp.float32) * 0.5
+            for key, spec in zip(keys, variants.layer_inputs(4, tokens,
+                                                               width))]
+  def run(layer):
+    return variants.forward_and_backward(functools.partial(
+        layer, num_heads=heads, dtype=jnp.float32))(*inputs)
+  expected = run(variants.current)
+  got = run(variants.VARIANTS[name])
+  for want, have in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
+    np.testing.assert_allclose(have, want, rtol=2e-5, atol=2e-5)
