@@ -29,7 +29,8 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mae_jax import losses  # pylint: disable=g-import-not-at-top
+from mae_jax import cli  # pylint: disable=g-import-not-at-top
+from mae_jax import losses
 from mae_jax import masking
 from mae_jax import models
 from mae_jax import patches
@@ -170,4 +171,4 @@ if __name__ == "__main__":
   flags.DEFINE_string("pod", None, "The pod the recipe runs on; default: "
                       "--topology.")
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  cli.run_absl(main)

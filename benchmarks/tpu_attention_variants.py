@@ -25,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mae_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mae_jax.models import vit  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # (name, heads, tokens, width): MAE's encoders see 49 visible patches and
@@ -181,4 +182,5 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  cli.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()
+  cli.run(main)

@@ -34,9 +34,9 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mae_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 FLAGS = flags.FLAGS
-# Where XLA dumps the compiled step (set before JAX starts, see the end).
-DUMP_DIR = None
 
 OUTSIDE_THE_MODEL = "outside the model: AdamW update, norms, weight casts"
 AROUND_THE_BLOCKS = "embedding, masking, loss"
@@ -137,27 +137,32 @@ def step_dump(dump_dir: str) -> str:
     return f.read()
 
 
+def _dump_the_step_into(dump_dir: str):
+  """Has XLA write the compiled step into `dump_dir`: it reads XLA_FLAGS
+  when JAX starts its first backend, so call this before that."""
+  os.environ["XLA_FLAGS"] = " ".join(filter(None, (
+      os.environ.get("XLA_FLAGS"), f"--xla_dump_to={dump_dir}",
+      "--xla_dump_hlo_as_text", "--xla_dump_hlo_module_re=.*per_device.*",
+      "--xla_dump_hlo_pass_re=^$")))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from mae_jax import tpu_estimate  # pylint: disable=g-import-not-at-top
+  dump_dir = tempfile.mkdtemp(prefix="tpu_op_breakdown_")
   try:
+    _dump_the_step_into(dump_dir)
+    from mae_jax import tpu_estimate  # pylint: disable=g-import-not-at-top
     result = tpu_estimate.estimate(FLAGS.config, FLAGS.topology, FLAGS.pod)
-    op_shares = shares(cycles_by_group(step_dump(DUMP_DIR)))
+    op_shares = shares(cycles_by_group(step_dump(dump_dir)))
   finally:
-    shutil.rmtree(DUMP_DIR, ignore_errors=True)
+    shutil.rmtree(dump_dir, ignore_errors=True)
   for name, share in op_shares.items():
     print(f"{share:6.1%}  {name}", file=sys.stderr)
   print(json.dumps({**result, "op_shares": op_shares}))
 
 
 if __name__ == "__main__":
-  # XLA reads its flags once, when JAX starts a backend: set before that.
-  DUMP_DIR = tempfile.mkdtemp(prefix="tpu_op_breakdown_")
-  os.environ["XLA_FLAGS"] = " ".join(filter(None, (
-      os.environ.get("XLA_FLAGS"), f"--xla_dump_to={DUMP_DIR}",
-      "--xla_dump_hlo_as_text", "--xla_dump_hlo_module_re=.*per_device.*",
-      "--xla_dump_hlo_pass_re=^$")))
   config_flags.DEFINE_config_file("config", None, "A configs/*.py file.",
                                   lock_config=True)
   flags.DEFINE_string("topology", "v3-8",
@@ -165,4 +170,4 @@ if __name__ == "__main__":
   flags.DEFINE_string("pod", None, "The pod the recipe runs on; default: "
                       "--topology.")
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  cli.run_absl(main)
