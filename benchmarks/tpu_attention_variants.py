@@ -104,9 +104,70 @@ def two_images_per_sequence(x, qkv_kernel, qkv_bias, proj_kernel, proj_bias,
   return out.reshape(b, n, d)
 
 
+@jax.custom_vjp
+def _grouped_attention(q, k, v, head_of_column):
+  return _grouped_attention_forward(q, k, v, head_of_column)[0]
+
+
+def _grouped_attention_forward(q, k, v, head_of_column):
+  """Attention of G heads at once: q, k, v are (B, heads / G, N, G *
+  head_dim) and `head_of_column` (G, G * head_dim) is 1 where a column
+  belongs to head g. Each head's logits contract the full 128-wide group
+  with the other heads' columns zeroed; as in `vit.attention`, the logits
+  are kept in the compute dtype and the softmax is taken in float32."""
+  scale = np.float32((q.shape[-1] // head_of_column.shape[0]) ** -0.5)
+  logits = jnp.einsum("bhqc,bhkc,gc->bhgqk", q * scale.astype(q.dtype), k,
+                      head_of_column)
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+  out = jnp.einsum("bhgqk,bhkc,gc->bhqc", probs, v, head_of_column)
+  return out, (q, k, v, head_of_column, probs, out)
+
+
+def _grouped_attention_backward(residuals, d_out):
+  """`vit.attention`'s backward, head by head within the groups."""
+  q, k, v, head_of_column, probs, out = residuals
+  scale = np.float32((q.shape[-1] // head_of_column.shape[0]) ** -0.5)
+  d_v = jnp.einsum("bhgqk,bhqc,gc->bhkc", probs, d_out, head_of_column)
+  d_probs = jnp.einsum("bhqc,bhkc,gc->bhgqk", d_out, v, head_of_column)
+  row = jnp.einsum("bhqc,bhqc,gc->bhgq", d_out.astype(jnp.float32),
+                   out.astype(jnp.float32),
+                   head_of_column.astype(jnp.float32))[..., None]
+  d_logits = probs.astype(jnp.float32) * (d_probs.astype(jnp.float32) - row)
+  d_logits = (d_logits * scale).astype(q.dtype)
+  d_q = jnp.einsum("bhgqk,bhkc,gc->bhqc", d_logits, k, head_of_column)
+  d_k = jnp.einsum("bhgqk,bhqc,gc->bhkc", d_logits, q, head_of_column)
+  return d_q, d_k, d_v, None
+
+
+_grouped_attention.defvjp(_grouped_attention_forward,
+                          _grouped_attention_backward)
+
+
+def heads_grouped_to_128_lanes(x, qkv_kernel, qkv_bias, proj_kernel,
+                               proj_bias, *, num_heads, dtype):
+  """The model's form with G = 128 / head_dim heads per group (2 for the
+  64-wide heads of ViT-B/L, 4 for the decoder's 32-wide ones; none for
+  ViT-H's 80-wide heads), so that the projections write 128-wide rows."""
+  d = x.shape[-1]
+  head_dim = d // num_heads
+  group = 128 // head_dim if 128 % head_dim == 0 else 1
+  if num_heads % group:
+    group = 1
+  q, k, v = (vit._heads_by_einsum(  # pylint: disable=protected-access
+      x, qkv_kernel[:, i * d:(i + 1) * d], qkv_bias[i * d:(i + 1) * d],
+      num_heads=num_heads // group, dtype=dtype) for i in range(3))
+  columns = np.arange(group * head_dim) // head_dim
+  head_of_column = jnp.asarray(columns[None, :] == np.arange(group)[:, None],
+                               dtype)
+  return vit._merge_heads_by_einsum(  # pylint: disable=protected-access
+      _grouped_attention(q, k, v, head_of_column), proj_kernel, proj_bias,
+      dtype=dtype)
+
+
 VARIANTS = {f.__name__: f for f in (
     current, one_einsum_over_the_kernel, fused_qkv_tokens_major,
-    separate_products_tokens_major, two_images_per_sequence)}
+    separate_products_tokens_major, two_images_per_sequence,
+    heads_grouped_to_128_lanes)}
 
 
 def forward_and_backward(layer):
