@@ -274,7 +274,7 @@ def attention_variants(timeout_s: float) -> list[dict]:
 
 def attention_variant_table(lines: list[dict]) -> str:
   """Estimated ms of each form (columns) of each layer (rows) on v3, then
-  what became of the Pallas kernel."""
+  the whole steps with other forms and what became of the Pallas kernel."""
   timed = [l for l in lines if "estimated_ms" in l]
   variants = list(dict.fromkeys(l["variant"] for l in timed))
   layers = list(dict.fromkeys(l["layer"] for l in timed))
@@ -285,6 +285,11 @@ def attention_variant_table(lines: list[dict]) -> str:
       f"{ms[layer, v]:.3f}" if (layer, v) in ms else "" for v in variants)
             + " |" for layer in layers]
   for l in lines:
+    if "estimated_step_ms" in l:
+      table.append(f"{l['topology']} {l['step']}, attention "
+                   f"{l['variant'].replace('_', ' ')}: "
+                   f"{l['estimated_step_ms']:.1f} ms, "
+                   f"{l['executed_gflop_per_img']:.1f} GFLOP/img executed")
     if "compiles" in l:
       outcome = (l["error"] if not l["compiles"] else
                  f"compiles; XLA's estimate {l['estimated_s']:.3g} s")

@@ -10,14 +10,20 @@ prints XLA's estimated time of each as one JSON line:
 
   scripts/in_venv.sh --tpu_estimate python benchmarks/tpu_attention_variants.py
 
-It also tries jax's Pallas flash attention (a fused kernel that keeps the
-logits on chip) and prints why it gives no estimate. Needs libtpu.
+Then it compiles the whole MAE ViT-B pretraining step (as `python -m
+mae_jax.benchmark --topology=v3-8 --pod=v3-128` does) with the model's
+attention replaced by the form that wins at the layer level, heads in groups
+of 128 lanes, in all blocks, in the encoder only and in the decoder only: a
+layer's estimate alone does not tell what the step gains. It also tries
+jax's Pallas flash attention (a fused kernel that keeps the logits on chip)
+and prints why it gives no estimate. Needs libtpu.
 """
 
 import functools
 import json
 import os
 import sys
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from configs import mae_vit_base_pretrain  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mae_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mae_jax.models import vit  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -41,11 +48,16 @@ def _bnhd_attention(q, k, v):
   return heads_first(vit.attention(*map(heads_first, (q, k, v))))
 
 
+# The model's form on accelerators, kept apart from the name that
+# `whole_step` replaces.
+_MODEL_FORM = vit._attention_per_head  # pylint: disable=protected-access
+
+
 def current(x, qkv_kernel, qkv_bias, proj_kernel, proj_bias, *, num_heads,
             dtype):
   """The model's form on accelerators."""
-  return vit._attention_per_head(x, qkv_kernel, qkv_bias, proj_kernel,  # pylint: disable=protected-access
-                                 proj_bias, num_heads=num_heads, dtype=dtype)
+  return _MODEL_FORM(x, qkv_kernel, qkv_bias, proj_kernel, proj_bias,
+                     num_heads=num_heads, dtype=dtype)
 
 
 def one_einsum_over_the_kernel(x, qkv_kernel, qkv_bias, proj_kernel,
@@ -170,6 +182,34 @@ VARIANTS = {f.__name__: f for f in (
     heads_grouped_to_128_lanes)}
 
 
+def grouped_where(head_dims: tuple[int, ...]):
+  """Heads in groups of 128 lanes in the blocks whose heads are
+  `head_dims` wide (64: ViT-B's encoder, 32: the MAE decoder), the model's
+  form elsewhere."""
+  def layer(x, *weights, num_heads, dtype):
+    form = (heads_grouped_to_128_lanes
+            if x.shape[-1] // num_heads in head_dims else current)
+    return form(x, *weights, num_heads=num_heads, dtype=dtype)
+  return layer
+
+
+WHOLE_STEP_FORMS = {
+    "current": current,
+    "heads_grouped_to_128_lanes": grouped_where((32, 64)),
+    "heads_grouped_in_the_encoder_only": grouped_where((64,)),
+    "heads_grouped_in_the_decoder_only": grouped_where((32,)),
+}
+
+
+def whole_step(form) -> dict:
+  """XLA's estimate of the MAE ViT-B pretraining step (v3-8, 32 images per
+  core) with every attention block in `form`."""
+  from mae_jax import tpu_estimate  # pylint: disable=g-import-not-at-top
+  with mock.patch.object(vit, "_attention_per_head", form):
+    return tpu_estimate.estimate(mae_vit_base_pretrain.get_config(), "v3-8",
+                                 "v3-128")
+
+
 def forward_and_backward(layer):
   """`run(*inputs, d_out)`: the layer's output and its gradients with
   respect to all its inputs."""
@@ -240,6 +280,14 @@ def main():
                         "(attention alone)", **pallas_flash_attention(
                             device, heads, tokens, width // heads)}),
             flush=True)
+  for variant, form in WHOLE_STEP_FORMS.items():
+    result = whole_step(form)
+    print(json.dumps({
+        "topology": "v3-8", "step": "MAE base pretraining", "variant": variant,
+        "batch_per_device": result["batch_per_device"],
+        "estimated_step_ms": 1e3 * result["estimated_step_s"],
+        "executed_gflop_per_img": result["executed_gflop_per_img"],
+        "memory_total_gib": result["memory_total_gib"]}), flush=True)
 
 
 if __name__ == "__main__":

@@ -80,9 +80,12 @@ def test_the_attention_variant_table_has_a_row_per_layer():
       {"topology": "v3-8", "layer": "dec", "variant": "pallas",
        "compiles": False, "error": "Mosaic failed"},
       {"topology": "v4-8", "layer": "dec", "variant": "pallas",
-       "compiles": True, "estimated_s": -1.0}]
+       "compiles": True, "estimated_s": -1.0},
+      {"topology": "v3-8", "step": "MAE", "variant": "two_images",
+       "estimated_step_ms": 61.94, "executed_gflop_per_img": 65.34}]
   assert run_all.attention_variant_table(lines).splitlines() == [
       "| layer | current | two images |", "|---|---|---|",
       "| enc | 1.000 | 0.500 |", "| dec | 2.000 |  |",
       "v3-8 dec, pallas: Mosaic failed",
-      "v4-8 dec, pallas: compiles; XLA's estimate -1 s"]
+      "v4-8 dec, pallas: compiles; XLA's estimate -1 s",
+      "v3-8 MAE, attention two images: 61.9 ms, 65.3 GFLOP/img executed"]
