@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -161,14 +160,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  # Defined here, not at import: the tests import this module next to
-  # mae_jax.benchmark, which has flags of the same names.
-  config_flags.DEFINE_config_file("config", None,
-                                  "A pretraining configs/*.py.",
-                                  lock_config=True)
-  flags.DEFINE_string("topology", "v3-8",
-                      "A topology of mae_jax.tpu_estimate.")
-  flags.DEFINE_string("pod", None, "The pod the recipe runs on; default: "
-                      "--topology.")
-  flags.mark_flags_as_required(["config"])
+  tpu_estimate.define_flags("A pretraining configs/*.py.")
   cli.run_absl(main)

@@ -177,6 +177,17 @@ def run_once(run: Run, timeout_s: float) -> dict:
           **json.loads(lines[-1])}
 
 
+def one_after_the_other(runs: list[Run], timeout_s: float, out
+                        ) -> list[dict]:
+  """Each run once, its JSON line appended to `out` as soon as it is done."""
+  results = []
+  for run in runs:
+    results.append(run_once(run, timeout_s))
+    print(json.dumps(results[-1]), file=out, flush=True)
+    print(f"{run.label} ({run.argv[1]}): done", file=sys.stderr)
+  return results
+
+
 def interleaved(runs: list[Run], rounds: int, timeout_s: float,
                 out) -> dict[str, list[dict]]:
   """Every run once per round, in order; their results by label."""
@@ -339,18 +350,10 @@ def main():
       print(cpu_table(interleaved(cpu_runs(args.small), args.rounds,
                                   args.timeout_s, out)))
     if args.section in ("tpu", "all"):
-      results = []
-      for run in tpu_runs(args.small):
-        results.append(run_once(run, args.timeout_s))
-        print(json.dumps(results[-1]), file=out, flush=True)
-        print(f"{run.label}: done", file=sys.stderr)
-      print(tpu_table(results))
-      breakdowns = []
-      for run in tpu_breakdown_runs(args.small):
-        breakdowns.append(run_once(run, args.timeout_s))
-        print(json.dumps(breakdowns[-1]), file=out, flush=True)
-        print(f"{run.label}, per-operation shares: done", file=sys.stderr)
-      print(op_share_table(breakdowns))
+      print(tpu_table(one_after_the_other(tpu_runs(args.small),
+                                          args.timeout_s, out)))
+      print(op_share_table(one_after_the_other(
+          tpu_breakdown_runs(args.small), args.timeout_s, out)))
       if not args.small:
         variants = attention_variants(args.timeout_s)
         for line in variants:

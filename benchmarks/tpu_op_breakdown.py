@@ -30,11 +30,12 @@ import tempfile
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mae_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
+# Importing JAX starts no backend: XLA_FLAGS set in main still count.
+from mae_jax import tpu_estimate  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 
@@ -152,7 +153,6 @@ def main(argv):
   dump_dir = tempfile.mkdtemp(prefix="tpu_op_breakdown_")
   try:
     _dump_the_step_into(dump_dir)
-    from mae_jax import tpu_estimate  # pylint: disable=g-import-not-at-top
     result = tpu_estimate.estimate(FLAGS.config, FLAGS.topology, FLAGS.pod)
     op_shares = shares(cycles_by_group(step_dump(dump_dir)))
   finally:
@@ -163,11 +163,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  config_flags.DEFINE_config_file("config", None, "A configs/*.py file.",
-                                  lock_config=True)
-  flags.DEFINE_string("topology", "v3-8",
-                      "A topology of mae_jax.tpu_estimate.")
-  flags.DEFINE_string("pod", None, "The pod the recipe runs on; default: "
-                      "--topology.")
-  flags.mark_flags_as_required(["config"])
+  tpu_estimate.define_flags("A configs/*.py file.")
   cli.run_absl(main)

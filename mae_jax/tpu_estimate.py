@@ -294,6 +294,21 @@ def estimate(config: ml_collections.ConfigDict, topology_name: str,
   }
 
 
+def define_flags(config_help: str):
+  """--config, --topology and --pod for a script that estimates a step
+  (benchmarks/), as `mae_jax.benchmark` has them. Defined when the script
+  runs, not at import: tests import these scripts next to
+  mae_jax.benchmark, which has flags of the same names."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config_flags.DEFINE_config_file("config", None, config_help,
+                                  lock_config=True)
+  flags.DEFINE_string("topology", "v3-8", "A topology of TOPOLOGIES.")
+  flags.DEFINE_string("pod", None, "The pod the recipe runs on; default: "
+                      "--topology.")
+  flags.mark_flags_as_required(["config"])
+
+
 def describe(config: ml_collections.ConfigDict) -> dict:
   """What a benchmark line measured: mode, model, options and batch."""
   model = config.model
