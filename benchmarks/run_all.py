@@ -17,10 +17,11 @@ step. The table BENCHMARKS.md shows is printed at the end.
 tpu: every estimate of BENCHMARKS.md's TPU section (`python -m
 mae_jax.benchmark --topology=...`, the stock-Flax reference,
 benchmarks/flax_reference_mae.py, the per-operation shares of the ViT-B
-and ViT-L steps, benchmarks/tpu_op_breakdown.py, and the attention layer's
-alternative forms, benchmarks/tpu_attention_variants.py), one after the
-other (they are XLA's deterministic cost-model figures; compiling ViT-H takes
-minutes). Needs libtpu (`scripts/in_venv.sh --tpu_estimate python
+and ViT-L steps, benchmarks/tpu_op_breakdown.py, the variants of the step
+that benchmarks/tpu_step_breakdown.patch switches on, run in a scratch clone
+of HEAD with the patch applied, and the attention layer's alternative forms,
+benchmarks/tpu_attention_variants.py), one after the other (they are XLA's
+deterministic cost-model figures; compiling ViT-H takes minutes). Needs libtpu (`scripts/in_venv.sh --tpu_estimate python
 benchmarks/run_all.py --section=tpu`).
 
 input: benchmarks/input_pipeline.py (its own interleaved rounds and
@@ -33,11 +34,13 @@ Every run's JSON line is appended to `--out`, with the command that made it
 
 import argparse
 import dataclasses
+import importlib
 import json
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,10 +49,12 @@ HUGE_PAGES = "glibc.malloc.hugetlb=1"
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  """One benchmark command and the malloc it runs with."""
+  """One benchmark command, the malloc it runs with and its other
+  environment switches (`switches`, e.g. the step-breakdown patch's)."""
   label: str
   argv: tuple[str, ...]
   huge_pages: bool = True
+  switches: tuple[tuple[str, str], ...] = ()
 
   def environment(self) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
@@ -57,11 +62,12 @@ class Run:
       env["GLIBC_TUNABLES"] = HUGE_PAGES
     else:  # mae_jax's entry points would otherwise re-execute with it
       env["MAE_JAX_NO_REEXEC"] = "1"
-    return env
+    return {**env, **dict(self.switches)}
 
   def command_line(self) -> str:
     prefix = (f"GLIBC_TUNABLES={HUGE_PAGES} " if self.huge_pages
               else "MAE_JAX_NO_REEXEC=1 ")
+    prefix += "".join(f"{name}={value} " for name, value in self.switches)
     return prefix + " ".join(self.argv)
 
 
@@ -158,12 +164,87 @@ def tpu_breakdown_runs(small: bool) -> list[Run]:
           for size in ("base", "large")]
 
 
-def run_once(run: Run, timeout_s: float) -> dict:
-  """The JSON line `run` prints, with its label and command."""
+BREAKDOWN_PATCH = "benchmarks/tpu_step_breakdown.patch"
+# The variants of the step that the patch's switches make (BENCHMARKS.md,
+# "Where the rest of the step goes").
+STEP_VARIANTS = (
+    ("no gradient all-reduce", (("BREAKDOWN_NO_ALLREDUCE", "1"),)),
+    ("gradients all-reduced in bfloat16", (("BREAKDOWN_BF16_ALLREDUCE", "1"),)),
+    ("no update norm metric", (("BREAKDOWN_NO_UPDATE_NORM", "1"),)),
+    ("AdamW first moment in bfloat16", (("BREAKDOWN_BF16_MOMENTS", "1"),)),
+    ("bfloat16 all-reduce and first moment",
+     (("BREAKDOWN_BF16_ALLREDUCE", "1"), ("BREAKDOWN_BF16_MOMENTS", "1"))),
+    ("AdamW sharded over the 8 cores (ZeRO-1)",
+     (("BREAKDOWN_SHARDED_UPDATE", "8"),)),
+)
+
+
+def step_variant_runs(small: bool) -> tuple[list[Run], list[Run]]:
+  """(runs of the patched step, runs of the trainer's own) for the
+  variant table: each switch of the patch, and 64 images per core, for
+  ViT-B and ViT-L (with --small, the demo)."""
+  sizes = ({"demo": "configs/demo.py"} if small else
+           {size: f"configs/mae_vit_{size}_pretrain.py"
+            for size in ("base", "large")})
+  pod = "v3-8" if small else "v3-128"
+  def step(config, *overrides):
+    return ("python", "-m", "mae_jax.benchmark", f"--config={config}",
+            "--topology=v3-8", f"--pod={pod}", *overrides)
+  patched = [Run(f"{size}: {variant}", step(config), switches=switches)
+             for size, config in sizes.items()
+             for variant, switches in STEP_VARIANTS]
+  own = [Run(f"{size}: twice the images per core",
+             step(config, f"--config.batch_size={2 * batch_size(config)}"))
+         for size, config in sizes.items()]
+  return patched, own
+
+
+def batch_size(config_path: str) -> int:
+  """The global batch of a configs/*.py file."""
+  module = os.path.splitext(config_path)[0].replace("/", ".")
+  if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+  return importlib.import_module(module).get_config().batch_size
+
+
+def scratch_clone_with_breakdown_patch(directory: str) -> str:
+  """A clone of this checkout's HEAD in `directory` with
+  benchmarks/tpu_step_breakdown.patch applied: the patch's switches are
+  never in the trainer itself."""
+  clone = os.path.join(directory, "step_variants")
+  for argv in (["git", "clone", "-q", ROOT, clone],
+               ["git", "-C", clone, "apply", BREAKDOWN_PATCH]):
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode:
+      raise SystemExit(f"{' '.join(argv)} failed: {done.stderr.strip()}")
+  return clone
+
+
+def step_variant_table(results: list[dict]) -> str:
+  """Estimated step and MFU of each variant (rows) for each model
+  (columns, from the labels' "size: variant")."""
+  sizes = list(dict.fromkeys(r["label"].split(": ")[0] for r in results))
+  variants = list(dict.fromkeys(r["label"].split(": ")[1] for r in results))
+  by_label = {r["label"]: r for r in results}
+  lines = ["| variant | " + " | ".join(
+      f"{size} est. step (ms) | {size} est. MFU" for size in sizes) + " |",
+           "|---" * (2 * len(sizes) + 1) + "|"]
+  for variant in variants:
+    cells = []
+    for size in sizes:
+      r = by_label.get(f"{size}: {variant}")
+      cells += ([f"{r['estimated_step_s'] * 1e3:.1f}",
+                 f"{r['estimated_mfu']:.0%}"] if r else ["", ""])
+    lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def run_once(run: Run, timeout_s: float, cwd: str = ROOT) -> dict:
+  """The JSON line `run` prints in `cwd`, with its label and command."""
   try:
     # "python" in the printed command; this interpreter runs it.
     argv = (sys.executable,) + run.argv[1:]
-    done = subprocess.run(argv, cwd=ROOT, env=run.environment(),
+    done = subprocess.run(argv, cwd=cwd, env=run.environment(),
                           capture_output=True, text=True, timeout=timeout_s,
                           check=False)
   except subprocess.TimeoutExpired as e:
@@ -177,12 +258,13 @@ def run_once(run: Run, timeout_s: float) -> dict:
           **json.loads(lines[-1])}
 
 
-def one_after_the_other(runs: list[Run], timeout_s: float, out
-                        ) -> list[dict]:
-  """Each run once, its JSON line appended to `out` as soon as it is done."""
+def one_after_the_other(runs: list[Run], timeout_s: float, out,
+                        cwd: str = ROOT) -> list[dict]:
+  """Each run once in `cwd`, its JSON line appended to `out` as soon as it
+  is done."""
   results = []
   for run in runs:
-    results.append(run_once(run, timeout_s))
+    results.append(run_once(run, timeout_s, cwd))
     print(json.dumps(results[-1]), file=out, flush=True)
     print(f"{run.label} ({run.argv[1]}): done", file=sys.stderr)
   return results
@@ -354,6 +436,13 @@ def main():
                                           args.timeout_s, out)))
       print(op_share_table(one_after_the_other(
           tpu_breakdown_runs(args.small), args.timeout_s, out)))
+      patched, own = step_variant_runs(args.small)
+      with tempfile.TemporaryDirectory() as scratch:
+        variants = one_after_the_other(
+            patched, args.timeout_s, out,
+            cwd=scratch_clone_with_breakdown_patch(scratch))
+      variants += one_after_the_other(own, args.timeout_s, out)
+      print(step_variant_table(variants))
       if not args.small:
         variants = attention_variants(args.timeout_s)
         for line in variants:

@@ -89,3 +89,35 @@ def test_the_attention_variant_table_has_a_row_per_layer():
       "v3-8 dec, pallas: Mosaic failed",
       "v4-8 dec, pallas: compiles; XLA's estimate -1 s",
       "v3-8 MAE, attention two images: 61.9 ms, 65.3 GFLOP/img executed"]
+
+
+def test_the_step_variants_run_the_patchs_switches_in_a_scratch_clone(
+    tmp_path):
+  patched, own = run_all.step_variant_runs(small=False)
+  assert len(patched) == 2 * len(run_all.STEP_VARIANTS)
+  assert patched[0].command_line() == (
+      "GLIBC_TUNABLES=glibc.malloc.hugetlb=1 BREAKDOWN_NO_ALLREDUCE=1 python "
+      "-m mae_jax.benchmark --config=configs/mae_vit_base_pretrain.py "
+      "--topology=v3-8 --pod=v3-128")
+  assert patched[0].environment()["BREAKDOWN_NO_ALLREDUCE"] == "1"
+  assert [run.argv[-1] for run in own] == ["--config.batch_size=8192"] * 2
+  if not os.path.isdir(os.path.join(run_all.ROOT, ".git")):
+    pytest.skip("not a git checkout")
+  clone = run_all.scratch_clone_with_breakdown_patch(str(tmp_path))
+  with open(os.path.join(clone, "mae_jax", "train.py"), encoding="utf-8") as f:
+    assert "BREAKDOWN_NO_ALLREDUCE" in f.read()
+
+
+def test_the_step_variant_table_has_a_row_per_variant():
+  def result(label, ms, mfu):
+    return {"label": label, "estimated_step_s": ms / 1e3,
+            "estimated_mfu": mfu}
+  table = run_all.step_variant_table([
+      result("base: no all-reduce", 52.8, 0.58),
+      result("large: no all-reduce", 104.1, 0.63),
+      result("base: twice the images per core", 107.3, 0.57)])
+  assert table.splitlines() == [
+      "| variant | base est. step (ms) | base est. MFU | large est. step "
+      "(ms) | large est. MFU |", "|---|---|---|---|---|",
+      "| no all-reduce | 52.8 | 58% | 104.1 | 63% |",
+      "| twice the images per core | 107.3 | 57% |  |  |"]
