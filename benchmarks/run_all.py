@@ -239,8 +239,9 @@ def step_variant_table(results: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def run_once(run: Run, timeout_s: float, cwd: str = ROOT) -> dict:
-  """The JSON line `run` prints in `cwd`, with its label and command."""
+def json_lines(run: Run, timeout_s: float, cwd: str = ROOT) -> list[dict]:
+  """The JSON lines `run` prints in `cwd`, each with the run's label and
+  command; a failure, a timeout or no JSON at all ends run_all."""
   try:
     # "python" in the printed command; this interpreter runs it.
     argv = (sys.executable,) + run.argv[1:]
@@ -254,8 +255,14 @@ def run_once(run: Run, timeout_s: float, cwd: str = ROOT) -> dict:
   if done.returncode or not lines:
     raise SystemExit(f"{run.label} failed (exit {done.returncode}): "
                      f"{run.command_line()}\n{done.stderr[-2000:]}")
-  return {"label": run.label, "command": run.command_line(),
-          **json.loads(lines[-1])}
+  return [{"label": run.label, "command": run.command_line(),
+           **json.loads(line)} for line in lines]
+
+
+def run_once(run: Run, timeout_s: float, cwd: str = ROOT) -> dict:
+  """The (last) JSON line `run` prints in `cwd`, with its label and
+  command."""
+  return json_lines(run, timeout_s, cwd)[-1]
 
 
 def one_after_the_other(runs: list[Run], timeout_s: float, out,
@@ -344,25 +351,8 @@ def op_share_table(results: list[dict]) -> str:
   return "\n".join(lines)
 
 
-ATTENTION_VARIANTS = ("python", "benchmarks/tpu_attention_variants.py")
-
-
-def attention_variants(timeout_s: float) -> list[dict]:
-  """The JSON lines of benchmarks/tpu_attention_variants.py, each with the
-  command."""
-  command = " ".join(ATTENTION_VARIANTS)
-  try:
-    done = subprocess.run((sys.executable,) + ATTENTION_VARIANTS[1:],
-                          cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout_s, check=False)
-  except subprocess.TimeoutExpired as e:
-    raise SystemExit(f"no result after {timeout_s:.0f} s (--timeout_s): "
-                     f"{command}") from e
-  if done.returncode:
-    raise SystemExit(f"failed (exit {done.returncode}): {command}\n"
-                     f"{done.stderr[-2000:]}")
-  return [{"command": command, **json.loads(line)}
-          for line in done.stdout.splitlines() if line.startswith("{")]
+ATTENTION_VARIANTS = Run("attention variants",
+                         ("python", "benchmarks/tpu_attention_variants.py"))
 
 
 def attention_variant_table(lines: list[dict]) -> str:
@@ -444,7 +434,7 @@ def main():
       variants += one_after_the_other(own, args.timeout_s, out)
       print(step_variant_table(variants))
       if not args.small:
-        variants = attention_variants(args.timeout_s)
+        variants = json_lines(ATTENTION_VARIANTS, args.timeout_s)
         for line in variants:
           print(json.dumps(line), file=out, flush=True)
         print(attention_variant_table(variants))

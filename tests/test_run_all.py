@@ -121,3 +121,16 @@ def test_the_step_variant_table_has_a_row_per_variant():
       "(ms) | large est. MFU |", "|---|---|---|---|---|",
       "| no all-reduce | 52.8 | 58% | 104.1 | 63% |",
       "| twice the images per core | 107.3 | 57% |  |  |"]
+
+
+def test_every_json_line_of_a_run_is_kept_and_a_failure_ends_run_all():
+  two = run_all.Run("two", ("python", "-c",
+                            "print('{\"a\": 1}'); print('log'); "
+                            "print('{\"a\": 2}')"))
+  lines = run_all.json_lines(two, timeout_s=60)
+  assert [line["a"] for line in lines] == [1, 2]
+  assert lines[0]["label"] == "two" and "python -c" in lines[0]["command"]
+  assert run_all.run_once(two, timeout_s=60)["a"] == 2
+  failing = run_all.Run("failing", ("python", "-c", "raise SystemExit(3)"))
+  with pytest.raises(SystemExit, match="failing failed \\(exit 3\\)"):
+    run_all.json_lines(failing, timeout_s=60)
