@@ -12,7 +12,10 @@ its huge-page malloc, and mae_jax's encoder with mask tokens
 (`model.encoder_mask_tokens`), run as separate processes in interleaved
 rounds (one of each per round, so that a busy spell of the machine touches
 all of them); each figure is the median over the rounds of each run's median
-step. The table BENCHMARKS.md shows is printed at the end.
+step. The table BENCHMARKS.md shows is printed at the end, and then the
+table of the step's matmuls in XLA:CPU and in PyTorch
+(benchmarks/cpu_matmul.py, its own interleaved rounds), which says how much
+of the ratio between the two steps is the matmul libraries'.
 
 tpu: every estimate of BENCHMARKS.md's TPU section (`python -m
 mae_jax.benchmark --topology=...`, the stock-Flax reference,
@@ -37,11 +40,14 @@ import dataclasses
 import importlib
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+import cpu_matmul  # benchmarks/, this script's directory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HUGE_PAGES = "glibc.malloc.hugetlb=1"
@@ -100,6 +106,21 @@ def cpu_runs(small: bool) -> list[Run]:
                        "--config.data.second_view_size=0", steps=steps,
                        warmup=warmup)),
   ]
+
+
+def cpu_matmul_run(rounds: int, small: bool) -> Run:
+  """The step's matmuls in XLA:CPU and in PyTorch (benchmarks/cpu_matmul.py),
+  which say how much of the ratio between the two steps is the matmul
+  libraries'."""
+  return Run("XLA:CPU and PyTorch matmuls",
+             ("python", "benchmarks/cpu_matmul.py", f"--rounds={rounds}",
+              f"--repeats={1 if small else 10}"))
+
+
+def matmul_table(lines: list[dict]) -> str:
+  return cpu_matmul.median_table(
+      {library: [line for line in lines if line["library"] == library]
+       for library in ("xla", "torch")})
 
 
 def tpu_runs(small: bool) -> list[Run]:
@@ -259,6 +280,13 @@ def json_lines(run: Run, timeout_s: float, cwd: str = ROOT) -> list[dict]:
            **json.loads(line)} for line in lines]
 
 
+def keep(lines: list[dict], out) -> list[dict]:
+  """Appends `lines` to `out`, one JSON line each; returns them."""
+  for line in lines:
+    print(json.dumps(line), file=out, flush=True)
+  return lines
+
+
 def run_once(run: Run, timeout_s: float, cwd: str = ROOT) -> dict:
   """The (last) JSON line `run` prints in `cwd`, with its label and
   command."""
@@ -400,6 +428,22 @@ def input_pipeline(data_dir: str, rounds: int, small: bool,
                      f"{e.returncode}): {' '.join(argv)}") from e
 
 
+def machine() -> str:
+  """The CPU model and core count, kept with every run: the CPU figures (and
+  mae_jax's ratio to PyTorch) depend on the CPU, its vector units and the
+  matmul library each framework brings for it."""
+  model = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+      for line in cpuinfo:
+        if line.startswith("model name"):
+          model = line.split(":", 1)[1].strip()
+          break
+  except OSError:  # not Linux
+    pass
+  return f"{model}, {os.cpu_count()} cores"
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--section", choices=("cpu", "tpu", "input", "all"),
@@ -417,10 +461,13 @@ def main():
   args = parser.parse_args()
   started = time.strftime("%Y-%m-%d %H:%M:%S")
   with open(os.path.join(ROOT, args.out), "a", encoding="utf-8") as out:
-    print(json.dumps({"run_all": vars(args), "started": started}), file=out)
+    print(json.dumps({"run_all": vars(args), "started": started,
+                      "machine": machine()}), file=out)
     if args.section in ("cpu", "all"):
       print(cpu_table(interleaved(cpu_runs(args.small), args.rounds,
                                   args.timeout_s, out)))
+      print(matmul_table(keep(json_lines(
+          cpu_matmul_run(args.rounds, args.small), args.timeout_s), out)))
     if args.section in ("tpu", "all"):
       print(tpu_table(one_after_the_other(tpu_runs(args.small),
                                           args.timeout_s, out)))
@@ -434,10 +481,8 @@ def main():
       variants += one_after_the_other(own, args.timeout_s, out)
       print(step_variant_table(variants))
       if not args.small:
-        variants = json_lines(ATTENTION_VARIANTS, args.timeout_s)
-        for line in variants:
-          print(json.dumps(line), file=out, flush=True)
-        print(attention_variant_table(variants))
+        print(attention_variant_table(keep(
+            json_lines(ATTENTION_VARIANTS, args.timeout_s), out)))
     if args.section in ("input", "all"):
       input_pipeline(args.input_data_dir, args.rounds, args.small,
                      args.timeout_s)

@@ -134,3 +134,20 @@ def test_every_json_line_of_a_run_is_kept_and_a_failure_ends_run_all():
   failing = run_all.Run("failing", ("python", "-c", "raise SystemExit(3)"))
   with pytest.raises(SystemExit, match="failing failed \\(exit 3\\)"):
     run_all.json_lines(failing, timeout_s=60)
+
+
+def test_the_machine_is_named_with_its_core_count():
+  assert run_all.machine().endswith(f", {os.cpu_count()} cores")
+
+
+def test_the_matmul_table_splits_the_lines_by_library():
+  def line(library, rate):
+    return {"label": "m", "library": library,
+            "gflop_per_s": {"a, forward": rate}, "all_layers_gflop_per_s": rate}
+  table = run_all.matmul_table([line("xla", 200), line("torch", 300),
+                                line("xla", 100), line("torch", 250),
+                                line("xla", 150), line("torch", 280)])
+  assert "| all layers | 150 | 280 | 1.87x |" in table
+  run = run_all.cpu_matmul_run(rounds=2, small=True)
+  assert run.argv == ("python", "benchmarks/cpu_matmul.py", "--rounds=2",
+                      "--repeats=1")

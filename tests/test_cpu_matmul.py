@@ -1,0 +1,47 @@
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "benchmarks"))
+import cpu_matmul  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+TINY = (("a", 16, 32, 48), ("b", 64, 16, 8))
+
+
+@pytest.mark.parametrize("library", ["xla", "torch"])
+def test_every_product_of_every_layer_is_timed(library):
+  if library == "torch":
+    pytest.importorskip("torch")
+  line = cpu_matmul.measure(library, repeats=2, layers=TINY)
+  rates = line["gflop_per_s"]
+  assert list(rates) == [f"{name}, {product}" for name, *_ in TINY
+                         for product in cpu_matmul.PRODUCTS]
+  assert all(rate > 0 for rate in rates.values())
+  # All layers together: total FLOPs over total time lies between the
+  # slowest and the fastest product.
+  assert min(rates.values()) <= line["all_layers_gflop_per_s"] <= max(
+      rates.values())
+
+
+def test_the_table_takes_each_librarys_median_over_the_rounds():
+  def line(rate):
+    return {"gflop_per_s": {"a, forward": rate},
+            "all_layers_gflop_per_s": rate}
+  table = cpu_matmul.median_table({"xla": [line(100), line(300), line(110)],
+                                   "torch": [line(220), line(200), line(0)]})
+  assert "| a, forward | 110 | 200 | 1.82x |" in table
+  assert "| all layers | 110 | 200 | 1.82x |" in table
+
+
+def test_the_layers_are_the_vit_base_steps():
+  # Forward FLOPs of the dense layers per image, 24 N D^2 per block with N
+  # tokens of width D: 12 encoder blocks on 50 tokens of 768, 8 decoder
+  # blocks on 197 of 512; the table holds one block of each.
+  encoder = sum(2 * r * i * o for name, r, i, o in cpu_matmul.LAYERS
+                if name.startswith("encoder")) / cpu_matmul.BATCH
+  decoder = sum(2 * r * i * o for name, r, i, o in cpu_matmul.LAYERS
+                if name.startswith("decoder")) / cpu_matmul.BATCH
+  assert encoder == 24 * 50 * 768 ** 2
+  assert decoder == 24 * 197 * 512 ** 2
