@@ -66,7 +66,11 @@ def xla_products(rows: int, inputs: int, outputs: int):
 
 
 def torch_products(rows: int, inputs: int, outputs: int):
-  import torch  # pylint: disable=import-outside-toplevel
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    sys.exit("cpu_matmul.py: PyTorch is not installed; it is a test "
+             "dependency (pip install -r requirements-test.txt)")
   x = torch.ones(rows, inputs)
   w = torch.ones(inputs, outputs)
   dy = torch.ones(rows, outputs)
@@ -113,6 +117,8 @@ def main():
                       help="measure one library in this process (what each "
                       "round runs)")
   args = parser.parse_args()
+  if args.rounds < 1 or args.repeats < 1:
+    parser.error("--rounds and --repeats must be at least 1")
   if args.library:
     print(json.dumps(measure(args.library, args.repeats)))
     return
@@ -124,8 +130,8 @@ def main():
       done = subprocess.run(command, capture_output=True, text=True,
                             check=False)
       if done.returncode != 0:
-        sys.exit(f"cpu_matmul.py: the {library} round failed:\n"
-                 f"{done.stderr.strip()[-2000:]}")
+        sys.exit(done.stderr.strip()[-2000:] or
+                 f"cpu_matmul.py: the {library} round failed")
       line = json.loads(done.stdout.strip().splitlines()[-1])
       print(json.dumps({"round": round_index, **line}), flush=True)
       results[library].append(line)

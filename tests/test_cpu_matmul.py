@@ -45,3 +45,16 @@ def test_the_layers_are_the_vit_base_steps():
                 if name.startswith("decoder")) / cpu_matmul.BATCH
   assert encoder == 24 * 50 * 768 ** 2
   assert decoder == 24 * 197 * 512 ** 2
+
+
+def test_without_pytorch_the_torch_side_says_how_to_install_it(monkeypatch):
+  monkeypatch.setitem(sys.modules, "torch", None)  # import torch fails
+  with pytest.raises(SystemExit, match="requirements-test.txt"):
+    cpu_matmul.measure("torch", repeats=1, layers=TINY)
+
+
+def test_no_rounds_is_refused(monkeypatch, capsys):
+  monkeypatch.setattr(sys, "argv", ["cpu_matmul.py", "--rounds=0"])
+  with pytest.raises(SystemExit):
+    cpu_matmul.main()
+  assert "at least 1" in capsys.readouterr().err
