@@ -15,7 +15,8 @@ all of them); each figure is the median over the rounds of each run's median
 step. The table BENCHMARKS.md shows is printed at the end, and then the
 table of the step's matmuls in XLA:CPU and in PyTorch
 (benchmarks/cpu_matmul.py, its own interleaved rounds), which says how much
-of the ratio between the two steps is the matmul libraries'.
+of the ratio between the two steps is the matmul libraries', and the ViT-B
+step's time by kind of operation (benchmarks/cpu_step_profile.py).
 
 tpu: every estimate of BENCHMARKS.md's TPU section (`python -m
 mae_jax.benchmark --topology=...`, the stock-Flax reference,
@@ -115,6 +116,22 @@ def cpu_matmul_run(rounds: int, small: bool) -> Run:
   return Run("XLA:CPU and PyTorch matmuls",
              ("python", "benchmarks/cpu_matmul.py", f"--rounds={rounds}",
               f"--repeats={1 if small else 10}"))
+
+
+CPU_STEP_PROFILE = Run(
+    "where the CPU step's time goes",
+    ("python", "benchmarks/cpu_step_profile.py",
+     "--config=configs/mae_vit_base_pretrain.py", "--config.batch_size=8",
+     "--config.model.dtype=float32", "--steps=3"))
+
+
+def profile_table(result: dict) -> str:
+  """The ViT-B step's seconds by kind of operation (cpu_step_profile.py)."""
+  lines = [f"| kind of operation (step: {result['step_s_median']:.2f} s) | "
+           "s per step | share |", "|---|---|---|"]
+  for kind, seconds in result["seconds_per_step"].items():
+    lines.append(f"| {kind} | {seconds:.2f} | {result['shares'][kind]:.0%} |")
+  return "\n".join(lines)
 
 
 def matmul_table(lines: list[dict]) -> str:
@@ -468,6 +485,9 @@ def main():
                                   args.timeout_s, out)))
       print(matmul_table(keep(json_lines(
           cpu_matmul_run(args.rounds, args.small), args.timeout_s), out)))
+      if not args.small:
+        print(profile_table(keep(
+            [run_once(CPU_STEP_PROFILE, args.timeout_s)], out)[0]))
     if args.section in ("tpu", "all"):
       print(tpu_table(one_after_the_other(tpu_runs(args.small),
                                           args.timeout_s, out)))

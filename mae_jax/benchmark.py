@@ -114,7 +114,10 @@ def peak_tflops(device, dtype, flag_value: float) -> tuple[float, str]:
   return measured_matmul_tflops(dtype), "measured matmul"
 
 
-def run(config, steps: int, warmup: int, peak_flag: float) -> dict:
+def compiled_step(config) -> tuple:
+  """The trainer's pmapped step for `config`, compiled, with a replicated
+  state, a synthetic batch already on the local devices and a step key:
+  (compiled, state, batch, step_rng, compile_s, step FLOPs)."""
   devices = jax.local_devices()
   train.validate_config(config, 1, len(devices))
   task = tasks.make_task(config, train.AXIS)
@@ -150,6 +153,13 @@ def run(config, steps: int, warmup: int, peak_flag: float) -> dict:
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   # The pmapped program is one device's share of the batch.
   step_flops = float(cost["flops"]) * len(devices)
+  return compiled, state, batch, step_rng, compile_s, step_flops
+
+
+def run(config, steps: int, warmup: int, peak_flag: float) -> dict:
+  devices = jax.local_devices()
+  compiled, state, batch, step_rng, compile_s, step_flops = compiled_step(
+      config)
 
   for _ in range(warmup):
     state, _ = compiled(state, batch, step_rng)

@@ -151,3 +151,12 @@ def test_the_matmul_table_splits_the_lines_by_library():
   run = run_all.cpu_matmul_run(rounds=2, small=True)
   assert run.argv == ("python", "benchmarks/cpu_matmul.py", "--rounds=2",
                       "--repeats=1")
+
+
+def test_the_profile_table_has_a_row_per_kind():
+  table = run_all.profile_table({
+      "step_s_median": 3.4, "seconds_per_step": {"matmuls": 2.8, "other": 0.6},
+      "shares": {"matmuls": 0.82, "other": 0.18}})
+  assert "| kind of operation (step: 3.40 s) | s per step | share |" in table
+  assert "| matmuls | 2.80 | 82% |" in table
+  assert "| other | 0.60 | 18% |" in table
