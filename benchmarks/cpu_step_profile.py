@@ -20,8 +20,10 @@ instruction:
 It prints each kind's seconds per step, summed over its operations, and
 their shares (an operation counts once however many threads it splits its
 work over; XLA:CPU may also run independent operations at once, so the sum
-can exceed the step's wall-clock), the bytes of state copied per step and
-the slowest operations, then one JSON line with all of it.
+can exceed the step's wall-clock), the bytes of state copied per step, the
+slowest operations, and where the operations other than matmuls come from
+(JAX's `op_name`: the model's module and operation, forward or backward, or
+the optimizer outside the model); then one JSON line with all of it.
 """
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -56,7 +58,8 @@ from mae_jax import tpu_estimate
 
 # --config and --steps are mae_jax.benchmark's (defined when it is imported).
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("top", 10, "How many of the slowest operations to list.")
+flags.DEFINE_integer("top", 10, "How many of the slowest operations, "
+                     "and of the largest sources of the others, to list.")
 
 KINDS = ("matmuls", "copies of the train state", "other copies",
          "everything else")
@@ -81,12 +84,25 @@ def entry_instructions(hlo_text: str) -> dict[str, dict]:
     for dim in filter(None, dims.split(",")):
       size *= int(dim)
     fusion_kind = re.search(r'"kind":"(__\w+)"', rest)
+    op_name = re.search(r'op_name="([^"]*)"', rest)
     found[name] = {
         "opcode": opcode,
         "operands": re.findall(r"%([\w.\-]+)", rest.split(")", 1)[0]),
         "bytes": size * BYTES.get(dtype, 4),
-        "fusion_kind": fusion_kind.group(1) if fusion_kind else None}
+        "fusion_kind": fusion_kind.group(1) if fusion_kind else None,
+        "source": source_of(op_name.group(1) if op_name else "")}
   return found
+
+
+def source_of(op_name: str) -> str:
+  """What in the program made an operation, from JAX's `op_name`, with the
+  block index dropped so that all blocks' operations add up: e.g.
+  "transpose(jvp(MAE))/MAE.decode/decoder/transformer/blocks/mlp/add_any"
+  (the backward pass) or "add" (outside the model: the optimizer update)."""
+  if not op_name:
+    return "(no op_name: copies XLA inserted)"
+  op_name = re.sub(r"^jit\([^)]*\)/", "", op_name)
+  return re.sub(r"blocks_\d+", "blocks", op_name)
 
 
 def kind_of(instruction: dict, instructions: dict[str, dict]) -> str:
@@ -102,20 +118,26 @@ def kind_of(instruction: dict, instructions: dict[str, dict]) -> str:
 
 
 def seconds_by_kind(events: list[dict], instructions: dict[str, dict],
-                    steps: int) -> tuple[dict[str, float], dict[str, float]]:
-  """Seconds per step of each kind, and of each instruction, from the
-  trace's complete events ("ph": "X", "dur" in microseconds) that carry an
+                    steps: int) -> tuple[dict[str, float], dict[str, float],
+                                         dict[str, float]]:
+  """Seconds per step of each kind, of each instruction, and of each source
+  (`source_of`) of the operations that are not matmuls, from the trace's
+  complete events ("ph": "X", "dur" in microseconds) that carry an
   instruction's name."""
   by_kind = dict.fromkeys(KINDS, 0.0)
   by_instruction = collections.Counter()
+  by_source = collections.Counter()
   for event in events:
     instruction = instructions.get(event.get("name"))
     if event.get("ph") != "X" or instruction is None:
       continue
     seconds = event["dur"] / 1e6 / steps
-    by_kind[kind_of(instruction, instructions)] += seconds
+    kind = kind_of(instruction, instructions)
+    by_kind[kind] += seconds
     by_instruction[event["name"]] += seconds
-  return by_kind, dict(by_instruction)
+    if kind != "matmuls":
+      by_source[instruction["source"]] += seconds
+  return by_kind, dict(by_instruction), dict(by_source)
 
 
 def trace_events(trace_dir: str) -> list[dict]:
@@ -148,7 +170,8 @@ def profile(config, steps: int, top: int) -> dict:
         times.append(time.perf_counter() - start)
     events = trace_events(trace_dir)
   instructions = entry_instructions(compiled.as_text())
-  by_kind, by_instruction = seconds_by_kind(events, instructions, steps)
+  by_kind, by_instruction, by_source = seconds_by_kind(events, instructions,
+                                                       steps)
   if not by_instruction:
     raise SystemExit("cpu_step_profile.py: the trace holds no operation of "
                      "the step; XLA:CPU did not trace them "
@@ -167,6 +190,9 @@ def profile(config, steps: int, top: int) -> dict:
       "slowest_ms_per_step": {
           f"{name} ({instructions[name]['opcode']})": seconds * 1e3
           for name, seconds in slowest},
+      "not_matmuls_ms_per_step_by_source": {
+          source: seconds * 1e3 for source, seconds in
+          sorted(by_source.items(), key=lambda item: -item[1])[:top]},
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
 
@@ -186,6 +212,9 @@ def main(argv):
           f"s/step ({result['shares'][kind]:.1%})", file=sys.stderr)
   print(f"train state copied per step: "
         f"{result['state_copy_gb_per_step']:.2f} GB", file=sys.stderr)
+  print("operations other than matmuls, by what made them:", file=sys.stderr)
+  for source, ms in result["not_matmuls_ms_per_step_by_source"].items():
+    print(f"  {ms:7.1f} ms/step  {source}", file=sys.stderr)
   print(json.dumps(result))
 
 

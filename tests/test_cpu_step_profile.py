@@ -25,8 +25,9 @@ ENTRY %main.9 (flat_args_0_.1: f32[1,8,16], flat_args_1_.1: f32[1,4,8]) -> f32[1
   %bitcast.1 = f32[4,8]{1,0} bitcast(%flat_args_1_.1)
   %ynn_fusion.2 = f32[4,16]{1,0} fusion(%bitcast.1, %copy.3), kind=kCustom, calls=%fused_computation.2, backend_config={"fusion_config":{"kind":"__ynn_fusion"}}
   %dot.4 = bf16[8,16]{1,0} dot(%bitcast.1, %ynn_fusion.2), lhs_contracting_dims={0}
-  %copy.5 = f32[4,16]{1,0} copy(%ynn_fusion.2)
-  ROOT %add_fusion.6 = f32[1,8,16]{2,1,0} fusion(%copy.3, %dot.4), kind=kLoop, calls=%fused_computation
+  %copy.5 = f32[4,16]{1,0} copy(%ynn_fusion.2), metadata={op_name="jit(_fun)/jvp(MAE)/MAE.decode/decoder/transformer/blocks_3/norm1/mul"}
+  %add_fusion.7 = f32[4,16]{1,0} fusion(%copy.5), kind=kLoop, calls=%fused_computation.3, metadata={op_name="jit(_fun)/jvp(MAE)/MAE.decode/decoder/transformer/blocks_0/norm1/mul"}
+  ROOT %add_fusion.6 = f32[1,8,16]{2,1,0} fusion(%copy.3, %dot.4), kind=kLoop, calls=%fused_computation, metadata={op_name="jit(_fun)/add" stack_frame_id=3}
 }
 """
 
@@ -49,6 +50,7 @@ def test_operations_are_sorted_into_kinds():
   assert kinds == {"copy.3": "copies of the train state",
                    "ynn_fusion.2": "matmuls", "dot.4": "matmuls",
                    "copy.5": "other copies", "add_fusion.6": "everything else"}
+  assert found["add_fusion.6"]["source"] == "add"
 
 
 def test_seconds_are_summed_per_kind_and_per_step():
@@ -56,13 +58,24 @@ def test_seconds_are_summed_per_kind_and_per_step():
   events = [{"ph": "X", "name": "ynn_fusion.2", "dur": 3e6},
             {"ph": "X", "name": "ynn_fusion.2", "dur": 1e6},
             {"ph": "X", "name": "copy.3", "dur": 2e6},
+            {"ph": "X", "name": "copy.5", "dur": 1e6},
+            {"ph": "X", "name": "add_fusion.7", "dur": 3e6},
+            {"ph": "X", "name": "add_fusion.6", "dur": 4e6},
             {"ph": "X", "name": "ThunkExecutor::Execute", "dur": 9e6},
             {"ph": "M", "name": "copy.3"}]
-  by_kind, by_instruction = cpu_step_profile.seconds_by_kind(
+  by_kind, by_instruction, by_source = cpu_step_profile.seconds_by_kind(
       events, found, steps=2)
   assert by_kind == {"matmuls": 2.0, "copies of the train state": 1.0,
-                     "other copies": 0.0, "everything else": 0.0}
-  assert by_instruction == {"ynn_fusion.2": 2.0, "copy.3": 1.0}
+                     "other copies": 0.5, "everything else": 3.5}
+  assert by_instruction == {"ynn_fusion.2": 2.0, "copy.3": 1.0,
+                            "copy.5": 0.5, "add_fusion.7": 1.5,
+                            "add_fusion.6": 2.0}
+  # Not matmuls, by source: two blocks' operations add up, the jit prefix
+  # goes, and what has no op_name says so.
+  assert by_source == {
+      "(no op_name: copies XLA inserted)": 1.0,
+      "jvp(MAE)/MAE.decode/decoder/transformer/blocks/norm1/mul": 2.0,
+      "add": 2.0}
 
 
 def test_the_demo_step_is_profiled():
@@ -75,6 +88,7 @@ def test_the_demo_step_is_profiled():
   assert result["seconds_per_step"]["matmuls"] > 0
   assert sum(result["shares"].values()) == pytest.approx(1.0)
   assert len(result["slowest_ms_per_step"]) == 3
+  assert 0 < len(result["not_matmuls_ms_per_step_by_source"]) <= 3
   assert "matmuls:" in done.stderr
 
 
