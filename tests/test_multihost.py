@@ -15,7 +15,7 @@ import pytest
 from mae_jax import checkpointing
 from mae_jax import train
 from testing_utils import (assert_same_trajectory, read_only, tiny_config,
-                           tiny_knn_config)
+                           tiny_knn_config, xla_flags)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
@@ -77,7 +77,7 @@ def _run_processes(entry: list[str], flags: list[str], count: int = 2,
   """
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TESTS]),
              JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_each}")
+             XLA_FLAGS=xla_flags(devices_each))
   address = f"--coordinator_address=localhost:{_free_port()}"
   processes = [
       subprocess.Popen(
@@ -249,7 +249,7 @@ def _run_two(script: str, *args: str, timeout_s: float
   coordinator's address, the process id, `args`): each one's exit code
   (None: killed, still running after `timeout_s`) and output."""
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+             XLA_FLAGS=xla_flags(1))
   address = f"localhost:{_free_port()}"
   processes = [subprocess.Popen(
       [sys.executable, "-c", script, address, str(i), *args], env=env,

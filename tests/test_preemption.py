@@ -13,7 +13,7 @@ from mae_jax import checkpointing
 from mae_jax import preemption
 from mae_jax import train
 from mae_jax import writers
-from testing_utils import tiny_config
+from testing_utils import tiny_config, xla_flags
 
 # Two processes joined by jax.distributed step in lockstep (an all-gather per
 # step); process 1 sends itself the signal named by argv[3] at step 5. Each
@@ -67,7 +67,7 @@ def test_a_signal_to_one_process_stops_every_process_at_the_same_step(
     address = f"localhost:{s.getsockname()[1]}"
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+             XLA_FLAGS=xla_flags(1))
   processes = [subprocess.Popen(
       [sys.executable, "-c", LOCKSTEP, address, str(i), signal_name], env=env,
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -43,6 +43,15 @@ def require_modules(*names: str) -> None:
   pytest.skip(message)
 
 
+def xla_flags(device_count: int) -> str:
+  """XLA_FLAGS for a subprocess with `device_count` emulated CPU devices: the
+  test session's flags (conftest.py), with the device count replaced."""
+  device_flag = "--xla_force_host_platform_device_count="
+  kept = [flag for flag in os.environ.get("XLA_FLAGS", "").split()
+          if not flag.startswith(device_flag)]
+  return " ".join(kept + [f"{device_flag}{device_count}"])
+
+
 def tiny_model(**overrides) -> ml_collections.ConfigDict:
   """A 16x16-image MAE with 16 patches: compiles in seconds on a CPU."""
   fields = dict(image_size=16, width=32, depth=2, num_heads=2, mlp_dim=64,
