@@ -21,7 +21,6 @@ if __name__ == "__main__":
   from mae_jax import huge_pages
   huge_pages.reexec_with_huge_page_malloc()
 
-import functools
 import json
 import os
 import statistics
@@ -126,10 +125,7 @@ def compiled_step(config) -> tuple:
       config.total_steps, config.optimizer.min_lr)
   state = train.create_train_state(task, config, jax.random.key(0), schedule,
                                    load_init_from=False)
-  p_step = jax.pmap(
-      functools.partial(train.train_step, task=task, schedule=schedule,
-                        grad_accum_steps=config.grad_accum_steps),
-      axis_name=train.AXIS, donate_argnums=(0,))
+  p_step = train.pmap_train_step(task, config, schedule, devices)
 
   per_device = config.batch_size // len(devices)
   rng = np.random.default_rng(0)

@@ -173,8 +173,11 @@ class TopKAccuracy:
                                        config.model.image_size)
     self._config = config
     self._devices = devices
+    # The train state unmapped, as the train step takes it; the counts are
+    # summed over the devices.
     self._eval_step = jax.pmap(functools.partial(eval_step, task=task),
-                               axis_name=AXIS, devices=pmap_devices(devices))
+                               axis_name=AXIS, in_axes=(None, 0),
+                               out_axes=None, devices=pmap_devices(devices))
     self.every_steps = config.eval_every_steps
 
   def __call__(self, state) -> Report:
@@ -283,12 +286,15 @@ class KNNAccuracy:
     shard_shape = (rows, config.model.width)
     dtype = models.compute_dtype(config.model.dtype)
     self._empty_bank = pmap(lambda _: jnp.zeros(shard_shape, dtype))
+    # The parameters unmapped, as the train step takes them; the bank
+    # sharded; the counts summed over the devices.
     self._embed_step = pmap(functools.partial(
         embed_step, encode=encode, pooling=settings.pooling),
-                            donate_argnums=(1,))
+                            in_axes=(None, 0, 0, 0), donate_argnums=(1,))
     self._knn_step = pmap(functools.partial(
         knn_step, encode=encode, settings=settings,
-        num_classes=self._bank_source.num_classes))
+        num_classes=self._bank_source.num_classes),
+                          in_axes=(None, 0, 0, 0, 0), out_axes=None)
 
   def _bank(self, params):
     """(features, labels, data-set indices) of the bank, sharded: (devices,

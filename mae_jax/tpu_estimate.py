@@ -119,10 +119,14 @@ def compile_only_devices(top: Topology) -> list:
 
 
 def pmap_equivalent(fun: Callable, devices: Sequence[Any], axis_name: str,
+                    in_axes: tuple[int | None, ...],
+                    out_axes: tuple[int | None, ...],
                     donate_argnums: tuple[int, ...] = ()) -> Callable:
-  """`jax.pmap(fun, axis_name, donate_argnums=...)` over `devices`, written
-  as jax 0.10 writes pmap: jit of a shard_map that strips each argument's
-  leading (device) axis and adds it back to the outputs.
+  """`jax.pmap(fun, axis_name, in_axes=..., out_axes=..., donate_argnums=...)`
+  over `devices`, written as jax 0.10 writes pmap: jit of a shard_map that
+  strips the leading (device) axis of each mapped argument and adds it back
+  to each mapped output; an unmapped one (None) is replicated as it is. One
+  axis (0 or None) per argument and per output.
 
   Unlike pmap it takes devices that cannot run (compile-only TPU devices),
   so `.lower(...).compile()` works on any machine. `check_vma=False`, as
@@ -131,13 +135,18 @@ def pmap_equivalent(fun: Callable, devices: Sequence[Any], axis_name: str,
   would already have summed the gradients of replicated arguments).
   """
   mesh = Mesh(np.asarray(devices), (axis_name,))
+  spec = lambda axis: P() if axis is None else P(axis_name)
 
   def per_device(*args):
-    out = fun(*jax.tree.map(lambda x: x[0], args))
-    return jax.tree.map(lambda x: x[None], out)
+    args = [arg if axis is None else jax.tree.map(lambda x: x[0], arg)
+            for arg, axis in zip(args, in_axes)]
+    outs = fun(*args)
+    return tuple(out if axis is None else jax.tree.map(lambda x: x[None], out)
+                 for out, axis in zip(outs, out_axes))
 
-  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=P(axis_name),
-                               out_specs=P(axis_name), check_vma=False),
+  return jax.jit(jax.shard_map(
+      per_device, mesh=mesh, in_specs=tuple(map(spec, in_axes)),
+      out_specs=tuple(map(spec, out_axes)), check_vma=False),
                  donate_argnums=donate_argnums)
 
 
@@ -172,20 +181,34 @@ def batch_shapes(config: ml_collections.ConfigDict, per_device_batch: int
 def _abstract_step_inputs(task, config: ml_collections.ConfigDict,
                           schedule, devices: Sequence[Any],
                           per_device_batch: int):
-  """Shapes of (state, batch, rng) as the trainer feeds its pmapped step:
-  one copy of the state per device, each device's share of the batch."""
-  sharding = NamedSharding(Mesh(np.asarray(devices), (train.AXIS,)),
-                           P(train.AXIS))
+  """Shapes of (state, batch, rng) as the trainer feeds its pmapped step
+  (`train.STEP_IN_AXES`): the state and the key replicated, each device's
+  share of the batch stacked along a leading axis."""
+  mesh = Mesh(np.asarray(devices), (train.AXIS,))
 
-  def per_device(x):
-    return jax.ShapeDtypeStruct((len(devices),) + x.shape, x.dtype,
-                                sharding=sharding)
+  def placed(tree, axis):
+    if axis is None:
+      return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+          x.shape, x.dtype, sharding=NamedSharding(mesh, P())), tree)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+        (len(devices),) + x.shape, x.dtype,
+        sharding=NamedSharding(mesh, P(train.AXIS))), tree)
 
   state = jax.eval_shape(lambda rng: train.create_train_state(
       task, config, rng, schedule, load_init_from=False), jax.random.key(0))
   batch = batch_shapes(config, per_device_batch)
   rng = jax.eval_shape(lambda: jax.random.key(0))
-  return jax.tree.map(per_device, (state, batch, rng))
+  return tuple(map(placed, (state, batch, rng), train.STEP_IN_AXES))
+
+
+def _pmapped_train_step(task, config: ml_collections.ConfigDict, schedule,
+                        devices: Sequence[Any], donate: bool) -> Callable:
+  """`train.pmap_train_step` in pmap_equivalent's form."""
+  return pmap_equivalent(
+      functools.partial(train.train_step, task=task, schedule=schedule,
+                        grad_accum_steps=config.grad_accum_steps),
+      devices, train.AXIS, train.STEP_IN_AXES, train.STEP_OUT_AXES,
+      donate_argnums=(0,) if donate else ())
 
 
 def compile_train_step(task, config: ml_collections.ConfigDict,
@@ -194,10 +217,7 @@ def compile_train_step(task, config: ml_collections.ConfigDict,
   schedule = optim.warmup_cosine_schedule(
       optim.peak_learning_rate(config), config.warmup_steps,
       config.total_steps, config.optimizer.min_lr)
-  step = pmap_equivalent(
-      functools.partial(train.train_step, task=task, schedule=schedule,
-                        grad_accum_steps=config.grad_accum_steps),
-      devices, train.AXIS, donate_argnums=(0,))
+  step = _pmapped_train_step(task, config, schedule, devices, donate=True)
   return step.lower(*_abstract_step_inputs(
       task, config, schedule, devices, per_device_batch)).compile()
 
@@ -216,10 +236,7 @@ def model_flops_per_device(task_factory: Callable, config, per_device_batch:
   task = task_factory(config)
   schedule = optim.warmup_cosine_schedule(1.0, 1, 2)
   devices = jax.local_devices(backend="cpu")[:1]
-  step = pmap_equivalent(
-      functools.partial(train.train_step, task=task, schedule=schedule,
-                        grad_accum_steps=config.grad_accum_steps),
-      devices, train.AXIS)
+  step = _pmapped_train_step(task, config, schedule, devices, donate=False)
   lowered = step.lower(*_abstract_step_inputs(
       task, config, schedule, devices, per_device_batch))
   return float(_single(lowered.cost_analysis())["flops"])

@@ -215,6 +215,25 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, task,
   return new_state, step_metrics
 
 
+# How the pmapped step maps its arguments, (state, batch, step key), and its
+# outputs, (new state, metrics): only the batch is split over the devices.
+# The state and the key are unmapped (devices.replicate), so XLA:CPU updates
+# the donated state in place (mae_jax/devices.py); the metrics are already
+# averaged over the devices.
+STEP_IN_AXES = (None, 0, None)
+STEP_OUT_AXES = (None, None)
+
+
+def pmap_train_step(task, config: ml_collections.ConfigDict,
+                    schedule: optax.Schedule, devices: Sequence[Any]):
+  """`train_step` pmapped over `devices`, the state donated."""
+  return jax.pmap(
+      functools.partial(train_step, task=task, schedule=schedule,
+                        grad_accum_steps=config.grad_accum_steps),
+      axis_name=AXIS, in_axes=STEP_IN_AXES, out_axes=STEP_OUT_AXES,
+      donate_argnums=(0,), devices=evaluators_lib.pmap_devices(devices))
+
+
 def _change_norm(new_params, old_params) -> jnp.ndarray:
   """The global norm of what the step changed in the parameters.
 
@@ -483,11 +502,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=config.total_steps, every_steps=config.log_every_steps)
 
-  p_train_step = jax.pmap(
-      functools.partial(train_step, task=task, schedule=schedule,
-                        grad_accum_steps=config.grad_accum_steps),
-      axis_name=AXIS, donate_argnums=(0,),
-      devices=evaluators_lib.pmap_devices(devices))
+  p_train_step = pmap_train_step(task, config, schedule, devices)
   state = devices_lib.replicate(state, devices)
   step_rngs = devices_lib.replicate(step_rng, devices)
   device_batches = devices_lib.prefetch_to_devices(batches, devices)

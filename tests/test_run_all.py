@@ -160,3 +160,18 @@ def test_the_profile_table_has_a_row_per_kind():
   assert "| kind of operation (step: 3.40 s) | s per step | share |" in table
   assert "| matmuls | 2.80 | 82% |" in table
   assert "| other | 0.60 | 18% |" in table
+
+
+def test_the_unmapped_state_table_has_a_row_per_form():
+  table = run_all.unmapped_state_table({
+      "rounds": 6,
+      "step_s_median": {"state mapped (the trainer)": 3.5,
+                        "state unmapped": 3.3},
+      "state_copies": {"state mapped (the trainer)": 758,
+                       "state unmapped": 254},
+      "state_copy_gb_per_step": {"state mapped (the trainer)": 1.34,
+                                 "state unmapped": 0.45}})
+  assert "median of 6 rounds" in table
+  assert "| state mapped (the trainer) | 3.50 | 758 | 1.34 |" in table
+  assert "| state unmapped | 3.30 | 254 | 0.45 |" in table
+  assert "cpu_unmapped_state.py" in " ".join(run_all.UNMAPPED_STATE.argv)

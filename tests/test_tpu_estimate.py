@@ -84,8 +84,10 @@ def test_pmap_equivalent_is_the_pmapped_step():
   step = functools.partial(train.train_step, task=task, schedule=schedule,
                            grad_accum_steps=1)
 
-  expected = jax.pmap(step, axis_name=train.AXIS)(state, batch, step_rng)
-  got = tpu_estimate.pmap_equivalent(step, devices, train.AXIS)(
+  axes = dict(in_axes=train.STEP_IN_AXES, out_axes=train.STEP_OUT_AXES)
+  expected = jax.pmap(step, axis_name=train.AXIS, **axes)(state, batch,
+                                                         step_rng)
+  got = tpu_estimate.pmap_equivalent(step, devices, train.AXIS, **axes)(
       state, batch, step_rng)
   chex.assert_trees_all_close(jax.device_get(got), jax.device_get(expected),
                               rtol=1e-5, atol=1e-7)

@@ -49,6 +49,7 @@ def _step_fn(config, grad_accum_steps=1, devices=None):
   step = jax.pmap(functools.partial(
       train.train_step, task=task, schedule=schedule,
       grad_accum_steps=grad_accum_steps), axis_name=train.AXIS,
+                  in_axes=train.STEP_IN_AXES, out_axes=train.STEP_OUT_AXES,
                   devices=devices)
   return state, step
 
