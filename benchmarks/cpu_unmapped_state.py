@@ -74,9 +74,7 @@ def mapped_state_step(config, state, step_rng):
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   task = tasks.make_task(config, train.AXIS)
-  schedule = optim.warmup_cosine_schedule(
-      optim.peak_learning_rate(config), config.warmup_steps,
-      config.total_steps, config.optimizer.min_lr)
+  schedule = optim.make_schedule(config)
   step = jax.pmap(
       functools.partial(train.train_step, task=task, schedule=schedule,
                         grad_accum_steps=config.grad_accum_steps),

@@ -120,9 +120,7 @@ def compiled_step(config) -> tuple:
   devices = jax.local_devices()
   train.validate_config(config, 1, len(devices))
   task = tasks.make_task(config, train.AXIS)
-  schedule = optim.warmup_cosine_schedule(
-      optim.peak_learning_rate(config), config.warmup_steps,
-      config.total_steps, config.optimizer.min_lr)
+  schedule = optim.make_schedule(config)
   state = train.create_train_state(task, config, jax.random.key(0), schedule,
                                    load_init_from=False)
   p_step = train.pmap_train_step(task, config, schedule, devices)
