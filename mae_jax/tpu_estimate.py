@@ -214,9 +214,7 @@ def _pmapped_train_step(task, config: ml_collections.ConfigDict, schedule,
 def compile_train_step(task, config: ml_collections.ConfigDict,
                        devices: Sequence[Any], per_device_batch: int):
   """The trainer's pmapped step for `devices`, compiled (not run)."""
-  schedule = optim.warmup_cosine_schedule(
-      optim.peak_learning_rate(config), config.warmup_steps,
-      config.total_steps, config.optimizer.min_lr)
+  schedule = optim.make_schedule(config)
   step = _pmapped_train_step(task, config, schedule, devices, donate=True)
   return step.lower(*_abstract_step_inputs(
       task, config, schedule, devices, per_device_batch)).compile()
