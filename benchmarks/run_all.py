@@ -17,7 +17,7 @@ table of the step's matmuls in XLA:CPU and in PyTorch
 (benchmarks/cpu_matmul.py, its own interleaved rounds), which says how much
 of the ratio between the two steps is the matmul libraries', and the ViT-B
 step's time by kind of operation (benchmarks/cpu_step_profile.py), and the
-step with its train state unmapped (benchmarks/cpu_unmapped_state.py).
+step against the forms the trainer ran before (benchmarks/cpu_step_forms.py).
 
 tpu: every estimate of BENCHMARKS.md's TPU section (`python -m
 mae_jax.benchmark --topology=...`, the stock-Flax reference,
@@ -126,23 +126,25 @@ CPU_STEP_PROFILE = Run(
      "--config.model.dtype=float32", "--steps=3"))
 
 
-UNMAPPED_STATE = Run(
-    "the CPU step with the train state unmapped",
-    ("python", "benchmarks/cpu_unmapped_state.py",
+STEP_FORMS = Run(
+    "the CPU step against its earlier forms",
+    ("python", "benchmarks/cpu_step_forms.py",
      "--config=configs/mae_vit_base_pretrain.py", "--config.batch_size=8",
      "--config.model.dtype=float32", "--steps=3", "--rounds=6"))
 
 
-def unmapped_state_table(result: dict) -> str:
-  """The ViT-B step with the state mapped (the trainer) and unmapped
-  (cpu_unmapped_state.py)."""
-  lines = ["| train state in the pmapped step | step (s), median of "
-           f"{result['rounds']} rounds | state copies | GB copied a step |",
-           "|---|---|---|---|"]
+def step_forms_table(result: dict) -> str:
+  """The ViT-B step in the trainer's form and its earlier ones
+  (cpu_step_forms.py)."""
+  lines = [f"| form of the step | step (s), median of {result['rounds']} "
+           "rounds | vs the trainer | state copies | GB copied a step | "
+           "all-reduces |", "|---|---|---|---|---|---|"]
   for form, seconds in result["step_s_median"].items():
     lines.append(f"| {form} | {seconds:.2f} | "
+                 f"{result['trainer_speedup'][form]:.2f}x | "
                  f"{result['state_copies'][form]} | "
-                 f"{result['state_copy_gb_per_step'][form]:.2f} |")
+                 f"{result['state_copy_gb_per_step'][form]:.2f} | "
+                 f"{result['all_reduces'][form]} |")
   return "\n".join(lines)
 
 
@@ -509,8 +511,8 @@ def main():
       if not args.small:
         print(profile_table(keep(
             [run_once(CPU_STEP_PROFILE, args.timeout_s)], out)[0]))
-        print(unmapped_state_table(keep(
-            [run_once(UNMAPPED_STATE, args.timeout_s)], out)[0]))
+        print(step_forms_table(keep(
+            [run_once(STEP_FORMS, args.timeout_s)], out)[0]))
     if args.section in ("tpu", "all"):
       print(tpu_table(one_after_the_other(tpu_runs(args.small),
                                           args.timeout_s, out)))

@@ -6,7 +6,7 @@ writes pmap as a jit of a shard_map that squeezes the mapped axis off each
 argument and adds it back to each output; through those reshapes XLA:CPU
 does not update the donated state in place and copies all of it at every
 step (1.34 GB for ViT-B, whose step was 1.11x slower for it on a 2-core
-CPU: benchmarks/cpu_unmapped_state.py). XLA:TPU's estimate is the same
+CPU: benchmarks/cpu_step_forms.py). XLA:TPU's estimate is the same
 either way.
 
 pmap keys its compilation cache on the input shardings, mesh axis name

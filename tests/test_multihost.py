@@ -325,6 +325,30 @@ def test_process_0_failing_does_not_wait_long_for_a_hung_process():
       output[-3000:])
 
 
+# One device in each of two processes: the step's mean over devices must
+# still average over both processes (train.mean_over_devices skips it only
+# when the whole axis has one device).
+MEAN_OVER_ONE_DEVICE_EACH = """
+import sys
+import jax
+import numpy as np
+from mae_jax import train
+
+process_id = int(sys.argv[2])
+jax.distributed.initialize(sys.argv[1], 2, process_id)
+mean = jax.pmap(train.mean_over_devices, axis_name=train.AXIS)
+print("mean:", float(mean(np.full((1,), process_id, np.float32))[0]),
+      flush=True)
+"""
+
+
+def test_one_device_per_process_still_averages_over_the_processes():
+  for returncode, output in _run_two(MEAN_OVER_ONE_DEVICE_EACH,
+                                     timeout_s=120):
+    assert returncode == 0, output[-3000:]
+    assert "mean: 0.5" in output, output[-3000:]
+
+
 ALONE = """
 import sys
 from mae_jax import cli

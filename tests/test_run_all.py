@@ -162,16 +162,15 @@ def test_the_profile_table_has_a_row_per_kind():
   assert "| other | 0.60 | 18% |" in table
 
 
-def test_the_unmapped_state_table_has_a_row_per_form():
-  table = run_all.unmapped_state_table({
+def test_the_step_forms_table_has_a_row_per_form():
+  table = run_all.step_forms_table({
       "rounds": 6,
-      "step_s_median": {"state mapped (the trainer)": 3.5,
-                        "state unmapped": 3.3},
-      "state_copies": {"state mapped (the trainer)": 758,
-                       "state unmapped": 254},
-      "state_copy_gb_per_step": {"state mapped (the trainer)": 1.34,
-                                 "state unmapped": 0.45}})
+      "step_s_median": {"state mapped": 3.5, "the trainer": 2.8},
+      "trainer_speedup": {"state mapped": 1.25, "the trainer": 1.0},
+      "state_copies": {"state mapped": 758, "the trainer": 254},
+      "state_copy_gb_per_step": {"state mapped": 1.34, "the trainer": 0.45},
+      "all_reduces": {"state mapped": 1, "the trainer": 0}})
   assert "median of 6 rounds" in table
-  assert "| state mapped (the trainer) | 3.50 | 758 | 1.34 |" in table
-  assert "| state unmapped | 3.30 | 254 | 0.45 |" in table
-  assert "cpu_unmapped_state.py" in " ".join(run_all.UNMAPPED_STATE.argv)
+  assert "| state mapped | 3.50 | 1.25x | 758 | 1.34 | 1 |" in table
+  assert "| the trainer | 2.80 | 1.00x | 254 | 0.45 | 0 |" in table
+  assert "cpu_step_forms.py" in " ".join(run_all.STEP_FORMS.argv)

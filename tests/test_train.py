@@ -139,6 +139,23 @@ def test_same_trajectory_on_one_and_on_eight_devices(tmp_path):
     assert_same_trajectory(one.params, other.params, config)
 
 
+def test_the_mean_over_devices_is_skipped_on_a_single_device():
+  values = np.arange(8, dtype=np.float32).reshape(8, 1)
+
+  def mean(devices):
+    return jax.pmap(train.mean_over_devices, axis_name=train.AXIS,
+                    devices=devices)
+
+  eight = mean(jax.local_devices())
+  np.testing.assert_allclose(eight(values), np.full((8, 1), 3.5))
+  assert "all-reduce" in eight.lower(values).compile().as_text()
+  one = mean(jax.local_devices()[:1])
+  np.testing.assert_array_equal(one(values[:1]), values[:1])
+  # XLA would emit the all-reduce for one device too: a copy of every
+  # gradient on CPU (train.mean_over_devices).
+  assert "all-reduce" not in one.lower(values[:1]).compile().as_text()
+
+
 class _CompileLog(logging.Handler):
 
   def __init__(self):
