@@ -7,9 +7,10 @@ XLA:CPU its own kernels (YNNPACK, Eigen), PyTorch Intel's MKL. This times
 the dense layers of the MAE ViT-B/16 step at the CPU benchmark's batch of 8
 (encoder: 8 x 50 visible tokens, width 768; decoder: 8 x 197 tokens, width
 512), each as the forward product and the two products of its backward (dX =
-dY W^T, dW = X^T dY), float32, in both libraries, each in its own process,
-in interleaved rounds. It prints one JSON line per library and round and a
-table of medians.
+dY W^T, dW = X^T dY), and one block's attention products (many small
+matmuls, one per image and head), float32, in both libraries, each in its
+own process, in interleaved rounds. It prints one JSON line per library and
+round and a table of medians.
 
   python benchmarks/cpu_matmul.py --rounds=3
 """
@@ -37,6 +38,16 @@ LAYERS = (
     ("decoder MLP in", DECODER_TOKENS, 512, 4 * 512),
     ("decoder MLP out", DECODER_TOKENS, 4 * 512, 512),
 )
+# One block's token-by-token attention products, batched over the images
+# and heads: (name, batch, rows, inputs, outputs). Taken as a layer whose
+# input is the attention probabilities P (queries x keys) and whose weight
+# is the values V (keys x head width), its forward is P V, its dX dO V^T
+# (the form of the logits Q K^T as well) and its dW P^T dO (the form of dV
+# and dK): the three forms of product the attention runs.
+ATTENTION = (
+    ("encoder attention P V", BATCH * 12, 50, 50, 64),
+    ("decoder attention P V", BATCH * 16, 197, 197, 32),
+)
 PRODUCTS = ("forward", "dX", "dW")
 
 
@@ -51,45 +62,62 @@ def best_seconds(call, repeats: int) -> float:
   return best
 
 
-def xla_products(rows: int, inputs: int, outputs: int):
+def xla_products(rows: int, inputs: int, outputs: int, batch: tuple = ()):
+  """The forward, dX and dW products of a layer, each a call that runs it
+  (`batch`: leading dimensions of independent products)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  x = jnp.ones((rows, inputs), jnp.float32)
-  w = jnp.ones((inputs, outputs), jnp.float32)
-  dy = jnp.ones((rows, outputs), jnp.float32)
+  x = jnp.ones(batch + (rows, inputs), jnp.float32)
+  w = jnp.ones(batch + (inputs, outputs), jnp.float32)
+  dy = jnp.ones(batch + (rows, outputs), jnp.float32)
   forward = jax.jit(lambda x, w: x @ w)
-  d_x = jax.jit(lambda dy, w: dy @ w.T)
-  d_w = jax.jit(lambda x, dy: x.T @ dy)
+  d_x = jax.jit(lambda dy, w: dy @ w.mT)
+  d_w = jax.jit(lambda x, dy: x.mT @ dy)
   return (lambda: forward(x, w).block_until_ready(),
           lambda: d_x(dy, w).block_until_ready(),
           lambda: d_w(x, dy).block_until_ready())
 
 
-def torch_products(rows: int, inputs: int, outputs: int):
+def torch_products(rows: int, inputs: int, outputs: int, batch: tuple = ()):
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError:
     sys.exit("cpu_matmul.py: PyTorch is not installed; it is a test "
              "dependency (pip install -r requirements-test.txt)")
-  x = torch.ones(rows, inputs)
-  w = torch.ones(inputs, outputs)
-  dy = torch.ones(rows, outputs)
-  return (lambda: x @ w, lambda: dy @ w.T, lambda: x.T @ dy)
+  x = torch.ones(*batch, rows, inputs)
+  w = torch.ones(*batch, inputs, outputs)
+  dy = torch.ones(*batch, rows, outputs)
+  return (lambda: x @ w, lambda: dy @ w.mT, lambda: x.mT @ dy)
 
 
-def measure(library: str, repeats: int, layers=LAYERS) -> dict:
-  """GFLOP/s of every product of every layer, in this process, and of all
-  of them together (their FLOPs over the sum of their times)."""
+def measure(library: str, repeats: int, layers=LAYERS,
+            attention=ATTENTION) -> dict:
+  """GFLOP/s of every product of every dense layer and attention product,
+  in this process, and of all dense layers together and all attention
+  products together (their FLOPs over the sum of their times)."""
   products = xla_products if library == "xla" else torch_products
-  gflops, total_flop, total_s = {}, 0, 0.0
-  for name, rows, inputs, outputs in layers:
-    flop = 2 * rows * inputs * outputs
-    for product, call in zip(PRODUCTS, products(rows, inputs, outputs)):
+  gflops = {}
+
+  def timed(name, batch, rows, inputs, outputs):
+    flop = 2 * batch * rows * inputs * outputs
+    shape = (batch,) if batch > 1 else ()
+    total_s = 0.0
+    for product, call in zip(PRODUCTS, products(rows, inputs, outputs,
+                                                shape)):
       seconds = best_seconds(call, repeats)
       gflops[f"{name}, {product}"] = flop / seconds / 1e9
-      total_flop, total_s = total_flop + flop, total_s + seconds
+      total_s += seconds
+    return len(PRODUCTS) * flop, total_s
+
+  def together(entries):
+    flop, seconds = map(sum, zip(*entries)) if entries else (0, 0.0)
+    return flop / seconds / 1e9 if seconds else None
+
+  dense = [timed(name, 1, *dims) for name, *dims in layers]
+  batched = [timed(*entry) for entry in attention]
   return {"library": library, "gflop_per_s": gflops,
-          "all_layers_gflop_per_s": total_flop / total_s / 1e9,
+          "all_layers_gflop_per_s": together(dense),
+          "attention_gflop_per_s": together(batched),
           "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
@@ -97,10 +125,15 @@ def median_table(results: dict[str, list[dict]]) -> str:
   """Per product, each library's median GFLOP/s over the rounds."""
   lines = ["| product | XLA:CPU GFLOP/s | PyTorch GFLOP/s | PyTorch / XLA |",
            "|---|---|---|---|"]
-  for key in [*results["xla"][0]["gflop_per_s"], "all layers"]:
+  together = {"all layers": "all_layers_gflop_per_s",
+              "all attention products": "attention_gflop_per_s"}
+  keys = [*results["xla"][0]["gflop_per_s"],
+          *(key for key, field in together.items()
+            if results["xla"][0].get(field))]
+  for key in keys:
     median = {
         library: statistics.median(
-            line["all_layers_gflop_per_s"] if key == "all layers"
+            line[together[key]] if key in together
             else line["gflop_per_s"][key] for line in lines_of_library)
         for library, lines_of_library in results.items()}
     lines.append(f"| {key} | {median['xla']:.0f} | {median['torch']:.0f} | "
