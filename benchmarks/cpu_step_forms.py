@@ -150,7 +150,8 @@ def compiled_forms(config) -> dict:
     return jax.tree.map(lambda x: x.addressable_data(0), params)
 
   return {MAPPED: (mapped, stacked_state, batch, stacked_rng, unstacked),
-          ALL_REDUCE: (all_reduce, all_reduce_state, batch, step_rng, replicated),
+          ALL_REDUCE: (all_reduce, all_reduce_state, batch, step_rng,
+                       replicated),
           TRAINER: (trainer, state, batch, step_rng, replicated)}
 
 

@@ -181,16 +181,15 @@ def accumulate_gradients(loss_fn: Callable, params, model_state, batch,
   return loss, grads, (model_state, extra)
 
 
-def mean_over_devices(tree):
+def mean_over_devices(tree: Any) -> Any:
   """`tree` averaged over the devices of the pmapped step; itself when the
   step runs on one device.
 
   XLA still emits the all-reduce for a single device, and on CPU it is not
-  free: a copy of every gradient, after which the optimizer update reads
-  each gradient from the all-reduce's output rather than straight from the
-  backward pass. Skipping it made the MAE ViT-B step on one 2-core CPU
-  device 4% faster (BENCHMARKS.md). The axis size is the global one (all
-  processes' devices), so a multi-host run still averages.
+  free: a copy of every gradient, and the update's loops that read them ran
+  slower after it. Skipping it made the MAE ViT-B step on one 2-core CPU
+  device 3% faster (benchmarks/cpu_step_forms.py). The axis size is the
+  global one (all processes' devices), so a multi-host run still averages.
   """
   if jax.lax.axis_size(AXIS) == 1:
     return tree

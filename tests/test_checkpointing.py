@@ -297,8 +297,11 @@ def test_shapes_of_another_model_are_refused_not_skipped(tmp_path):
 
 
 # Saves step 1, starts saving a 64 MiB step 2 and is killed at once.
+# The save of step 2 runs in orbax's background thread, which may not have
+# created its temporary directory yet when save() returns (on a busy
+# machine it had not): wait for it, then die mid-write.
 KILLED_MID_SAVE = """
-import os, signal, sys
+import os, signal, sys, time
 import jax.numpy as jnp
 from mae_jax import checkpointing
 from testing_utils import tiny_config
@@ -306,7 +309,12 @@ from testing_utils import tiny_config
 saver = checkpointing.Checkpointer(sys.argv[1], keep=3)
 saver.save(1, {"x": jnp.ones(4)}, tiny_config())
 saver.finish()
-saver.save(2, {"x": jnp.ones(16 * 2**20)}, tiny_config())
+saver.save(2, {"x": jnp.ones(32 * 2**20)}, tiny_config())
+deadline = time.monotonic() + 60
+while (not any(name.startswith("2.orbax-checkpoint-tmp")
+               for name in os.listdir(saver.directory))
+       and time.monotonic() < deadline):
+  time.sleep(0.001)
 print(sorted(os.listdir(saver.directory)), flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
 """
