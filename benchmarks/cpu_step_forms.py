@@ -96,10 +96,10 @@ def all_reduces(compiled) -> int:
   return compiled.as_text().count(" all-reduce(")
 
 
-def mapped_state_step(config, state, step_rng):
-  """The trainer's step pmapped with every argument mapped (pmap's default),
-  and its state and key placed for it: one copy per device stacked on a
-  leading axis -> (step, state, step_rng)."""
+def mapped_state_step(config, state, step_rng, devices):
+  """The trainer's step pmapped over `devices` with every argument mapped
+  (pmap's default), and its state and key placed for it: one copy per
+  device stacked on a leading axis -> (step, state, step_rng)."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   task = tasks.make_task(config, train.AXIS)
@@ -107,8 +107,7 @@ def mapped_state_step(config, state, step_rng):
   step = jax.pmap(
       functools.partial(train.train_step, task=task, schedule=schedule,
                         grad_accum_steps=config.grad_accum_steps),
-      axis_name=train.AXIS, donate_argnums=(0,))
-  devices = jax.local_devices()
+      axis_name=train.AXIS, donate_argnums=(0,), devices=devices)
   mesh = jax.sharding.Mesh(np.asarray(devices), (train.AXIS,))
   stacked = jax.NamedSharding(mesh, jax.P(train.AXIS))
 
@@ -129,18 +128,20 @@ def _max_difference(a, b) -> float:
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def compiled_forms(config) -> dict:
-  """Each form of FORMS compiled, with its state, batch and key placed for
-  it, and how to read one device's parameters from its state:
-  {form: (compiled, state, batch, step_rng, read_params)}."""
+def compiled_forms(config, devices) -> dict:
+  """Each form of FORMS compiled for `devices`, with its state, batch and
+  key placed for it, and how to read one device's parameters from its
+  state: {form: (compiled, state, batch, step_rng, read_params)}."""
   import jax  # pylint: disable=import-outside-toplevel
-  trainer, state, batch, step_rng, _, _ = benchmark.compiled_step(config)
+  trainer, state, batch, step_rng, _, _ = benchmark.compiled_step(config,
+                                                                   devices)
   with all_reduce_on_one_device():
     # Its own state: a state's optimizer is static in its tree. It equals the
     # trainer's (the same initialization key).
-    all_reduce, all_reduce_state, *_ = benchmark.compiled_step(config)
-    mapped, stacked_state, stacked_rng = mapped_state_step(config, state,
-                                                           step_rng)
+    all_reduce, all_reduce_state, *_ = benchmark.compiled_step(config,
+                                                               devices)
+    mapped, stacked_state, stacked_rng = mapped_state_step(
+        config, state, step_rng, devices)
     mapped = mapped.lower(stacked_state, batch, stacked_rng).compile()
 
   def unstacked(params):
@@ -155,12 +156,15 @@ def compiled_forms(config) -> dict:
           TRAINER: (trainer, state, batch, step_rng, replicated)}
 
 
-def measure(config, steps: int, rounds: int) -> dict:
+def measure(config, steps: int, rounds: int, devices=None) -> dict:
+  """The forms' state copies, all-reduces and step times over `devices`
+  (all local ones by default)."""
   import jax  # pylint: disable=import-outside-toplevel
   if jax.default_backend() != "cpu":
     raise SystemExit("cpu_step_forms.py measures XLA:CPU; this JAX runs on "
                      f"{jax.default_backend()}")
-  forms = compiled_forms(config)
+  devices = devices or jax.local_devices()
+  forms = compiled_forms(config, devices)
   copies = {form: state_copies(compiled)
             for form, (compiled, *_) in forms.items()}
   reductions = {form: all_reduces(compiled)
@@ -194,7 +198,7 @@ def measure(config, steps: int, rounds: int) -> dict:
   step_s = {form: statistics.median(times) for form, times in medians.items()}
   return {
       **tpu_estimate.describe(config),
-      "devices": jax.local_device_count(),
+      "devices": len(devices),
       "steps_per_round": steps,
       "rounds": rounds,
       "step_s_median": step_s,

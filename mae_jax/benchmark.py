@@ -25,6 +25,7 @@ import json
 import os
 import statistics
 import time
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -113,11 +114,12 @@ def peak_tflops(device, dtype, flag_value: float) -> tuple[float, str]:
   return measured_matmul_tflops(dtype), "measured matmul"
 
 
-def compiled_step(config) -> tuple:
-  """The trainer's pmapped step for `config`, compiled, with a replicated
-  state, a synthetic batch already on the local devices and a step key:
+def compiled_step(config, devices: Sequence[Any] | None = None) -> tuple:
+  """The trainer's pmapped step for `config` over `devices` (all local
+  ones by default), compiled, with a replicated state, a synthetic batch
+  already on the devices and a step key:
   (compiled, state, batch, step_rng, compile_s, step FLOPs)."""
-  devices = jax.local_devices()
+  devices = devices or jax.local_devices()
   train.validate_config(config, 1, len(devices))
   task = tasks.make_task(config, train.AXIS)
   schedule = optim.make_schedule(config)

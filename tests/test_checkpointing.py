@@ -296,7 +296,7 @@ def test_shapes_of_another_model_are_refused_not_skipped(tmp_path):
         {"x": jnp.zeros(5)})
 
 
-# Saves step 1, starts saving a 64 MiB step 2 and is killed at once.
+# Saves step 1, starts saving a 128 MiB step 2 and is killed mid-write.
 # The save of step 2 runs in orbax's background thread, which may not have
 # created its temporary directory yet when save() returns (on a busy
 # machine it had not): wait for it, then die mid-write.

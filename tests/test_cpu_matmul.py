@@ -31,8 +31,7 @@ def test_every_product_of_every_layer_is_timed(library):
 
 
 def test_the_attention_products_are_batched_over_images_and_heads():
-  # Each product of a batched entry is `batch` independent matmuls: its
-  # FLOPs are batch x 2 x rows x inputs x outputs.
+  # Each product of a batched entry is `batch` independent matmuls.
   forward, d_x, d_w = cpu_matmul.xla_products(8, 8, 16, batch=(4,))
   assert forward().shape == (4, 8, 16)
   assert d_x().shape == (4, 8, 8)
