@@ -61,7 +61,7 @@ from mae_jax import train
 # --config and --steps are mae_jax.benchmark's (defined when it is imported).
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("rounds", 4, "Interleaved rounds of --steps steps of "
-                     "each form.")
+                     "each form.", lower_bound=1)
 
 MAPPED = "state mapped, all-reduce on one device (until 2026-12-07)"
 ALL_REDUCE = "state unmapped, all-reduce on one device"
@@ -161,7 +161,7 @@ def measure(config, steps: int, rounds: int, devices=None) -> dict:
   (all local ones by default)."""
   import jax  # pylint: disable=import-outside-toplevel
   if jax.default_backend() != "cpu":
-    raise SystemExit("cpu_step_forms.py measures XLA:CPU; this JAX runs on "
+    raise SystemExit("this script measures XLA:CPU; this JAX runs on "
                      f"{jax.default_backend()}")
   devices = devices or jax.local_devices()
   forms = compiled_forms(config, devices)
@@ -220,8 +220,6 @@ def measure(config, steps: int, rounds: int, devices=None) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if FLAGS.steps < 1 or FLAGS.rounds < 1:
-    raise app.UsageError("--steps and --rounds must be at least 1")
   result = measure(FLAGS.config, FLAGS.steps, FLAGS.rounds)
   for form in FORMS:
     print(f"{form}: {result['step_s_median'][form]:.3f} s/step, "

@@ -144,8 +144,7 @@ def trace_events(trace_dir: str) -> list[dict]:
   paths = glob.glob(os.path.join(trace_dir, "plugins", "profile", "*",
                                  "*.trace.json.gz"))
   if not paths:
-    raise SystemExit(f"cpu_step_profile.py: jax.profiler wrote no trace "
-                     f"into {trace_dir}")
+    raise SystemExit(f"jax.profiler wrote no trace into {trace_dir}")
   with gzip.open(paths[0], "rt", encoding="utf-8") as trace:
     return json.load(trace)["traceEvents"]
 
@@ -153,8 +152,8 @@ def trace_events(trace_dir: str) -> list[dict]:
 def profile(config, steps: int, top: int) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   if jax.default_backend() != "cpu":
-    raise SystemExit("cpu_step_profile.py profiles XLA:CPU; this JAX runs "
-                     f"on {jax.default_backend()}")
+    raise SystemExit("this script profiles XLA:CPU; this JAX runs on "
+                     f"{jax.default_backend()}")
   compiled, state, batch, step_rng, _, _ = benchmark.compiled_step(config)
   state, _ = compiled(state, batch, step_rng)  # first-run work out of it
   jax.block_until_ready(state)
@@ -173,8 +172,8 @@ def profile(config, steps: int, top: int) -> dict:
   by_kind, by_instruction, by_source = seconds_by_kind(events, instructions,
                                                        steps)
   if not by_instruction:
-    raise SystemExit("cpu_step_profile.py: the trace holds no operation of "
-                     "the step; XLA:CPU did not trace them "
+    raise SystemExit("the trace holds no operation of the step; XLA:CPU "
+                     "did not trace them "
                      "(--xla_cpu_enable_xprof_traceme)")
   total = sum(by_kind.values())
   slowest = sorted(by_instruction.items(), key=lambda item: -item[1])[:top]
@@ -200,8 +199,6 @@ def profile(config, steps: int, top: int) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if FLAGS.steps < 1:
-    raise app.UsageError("--steps must be at least 1")
   os.environ["XLA_FLAGS"] = " ".join(filter(None, (
       os.environ.get("XLA_FLAGS"), "--xla_cpu_enable_xprof_traceme=true")))
   result = profile(FLAGS.config, FLAGS.steps, FLAGS.top)

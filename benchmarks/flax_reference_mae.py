@@ -151,8 +151,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = FLAGS.config
-  if config.mode != "pretrain":
-    raise app.UsageError("the stock-Flax reference is an MAE: give a "
+  if config.mode != "pretrain" or models.method_of(config.model) != "mae":
+    raise app.UsageError("the stock-Flax reference is an MAE: give an MAE "
                          "pretraining config")
   result = tpu_estimate.estimate(config, FLAGS.topology, FLAGS.pod,
                                  task_factory=StockFlaxPretrainTask)

@@ -12,7 +12,6 @@ rounds, and measures the share of an image's time that holds Python's GIL
   python benchmarks/input_pipeline.py --data_dir=/tmp/bench_images
 """
 
-import argparse
 import io
 import json
 import os
@@ -30,6 +29,7 @@ import tensorflow_datasets as tfds
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mae_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mae_jax.data import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mae_jax.data import sources  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mae_jax.data import throughput  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -225,7 +225,7 @@ SETTINGS = ((0, 1), (0, 2), (1, 1), (2, 1))
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--data_dir", required=True)
   parser.add_argument("--make_data", action="store_true",
                       help="write the images first")
@@ -240,12 +240,17 @@ def main():
   parser.add_argument("--single_thread", choices=("folder", "tfds"),
                       help="only run the single-thread loop (for py-spy)")
   args = parser.parse_args()
+  if args.steps < 1 or args.rounds < 1 or args.num_images < 1:
+    parser.error("--steps, --rounds and --num_images must be at least 1")
   if args.single_thread:
     single_thread_loop(data_config(args.data_dir, args.single_thread, 0, 1),
                        args.num_images)
     return
   if args.make_data:
     make_data(args.data_dir, args.num_images)
+  elif not os.path.isdir(os.path.join(args.data_dir, "folder")):
+    raise FileNotFoundError(f"--data_dir={args.data_dir} holds no benchmark "
+                            "data; add --make_data to write it first")
   machine = {"cpus": os.cpu_count(), "processor": platform.processor()
              or platform.machine()}
   for kind in ("folder", "tfds"):
@@ -272,4 +277,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

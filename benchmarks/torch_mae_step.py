@@ -11,11 +11,18 @@ transformers (`pip install torch==2.13.0 transformers`).
 
 import argparse
 import json
+import os
+import resource
 import statistics
+import sys
 import time
 
 import torch
 import transformers
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Imports no JAX: the reference's process stays PyTorch's alone.
+from mae_jax import huge_pages  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def vit_mae_base() -> transformers.ViTMAEConfig:
@@ -56,10 +63,12 @@ def main():
   for _ in range(args.warmup):
     step()
   times = []
+  usage_before = resource.getrusage(resource.RUSAGE_SELF)
   for _ in range(args.steps):
     start = time.perf_counter()
     step()
     times.append(time.perf_counter() - start)
+  usage = resource.getrusage(resource.RUSAGE_SELF)
   step_s = statistics.median(times)
   print(json.dumps({
       "impl": "pytorch (transformers ViTMAEForPreTraining)",
@@ -67,7 +76,8 @@ def main():
       "threads": torch.get_num_threads(), "model": "base/16",
       "decoder": "8x512", "batch": args.batch, "dtype": "float32",
       "img_per_s": args.batch / step_s, "step_s_median": step_s,
-      "step_s_min": min(times)}))
+      "step_s_min": min(times),
+      **huge_pages.usage_per_step(usage_before, usage, args.steps)}))
 
 
 if __name__ == "__main__":

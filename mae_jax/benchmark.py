@@ -23,6 +23,7 @@ if __name__ == "__main__":
 
 import json
 import os
+import resource
 import statistics
 import time
 from typing import Any, Sequence
@@ -36,6 +37,7 @@ from ml_collections import config_flags
 
 from mae_jax import cli
 from mae_jax import devices as devices_lib
+from mae_jax import huge_pages
 from mae_jax import models
 from mae_jax import optim
 from mae_jax import tasks
@@ -46,11 +48,13 @@ from mae_jax.data import throughput
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file.",
                                 lock_config=True)
-flags.DEFINE_integer("steps", 10, "Timed steps.")
-flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+flags.DEFINE_integer("steps", 10, "Timed steps.", lower_bound=1)
+flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.",
+                     lower_bound=0)
 flags.DEFINE_float("peak_tflops", 0.0,
                    "Peak dense TFLOP/s of one device in the compute dtype; "
-                   "0 = from the table of known devices, or measured (CPU).")
+                   "0 = from the table of known devices, or measured (CPU).",
+                   lower_bound=0.0)
 flags.DEFINE_enum("topology", None, sorted(tpu_estimate.TOPOLOGIES),
                   "Estimate instead of timing: compile the step for this TPU "
                   "slice (needs libtpu) and print XLA's estimates.")
@@ -120,6 +124,7 @@ def compiled_step(config, devices: Sequence[Any] | None = None) -> tuple:
   already on the devices and a step key:
   (compiled, state, batch, step_rng, compile_s, step FLOPs)."""
   devices = devices or jax.local_devices()
+  train.require_a_train_step(config)
   train.validate_config(config, 1, len(devices))
   task = tasks.make_task(config, train.AXIS)
   schedule = optim.make_schedule(config)
@@ -161,11 +166,13 @@ def run(config, steps: int, warmup: int, peak_flag: float) -> dict:
     state, _ = compiled(state, batch, step_rng)
   jax.block_until_ready(state)
   times = []
+  usage_before = resource.getrusage(resource.RUSAGE_SELF)
   for _ in range(steps):
     start = time.perf_counter()
     state, metrics = compiled(state, batch, step_rng)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
+  usage = resource.getrusage(resource.RUSAGE_SELF)
 
   step_s = statistics.median(times)
   dtype = models.compute_dtype(config.model.dtype)
@@ -184,14 +191,20 @@ def run(config, steps: int, warmup: int, peak_flag: float) -> dict:
       "peak_source": peak_source,
       "mfu": step_flops / step_s / (peak * 1e12 * len(devices)),
       # On CPUs, glibc's default malloc hands XLA's ~1 GB temp buffer back to
-      # the OS after every step (mae_jax/huge_pages.py).
+      # the OS after every step (mae_jax/huge_pages.py): the timed steps'
+      # page faults and kernel time show what that costs.
       "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+      **huge_pages.usage_per_step(usage_before, usage, steps),
   }
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if FLAGS.input_only and (FLAGS.topology or FLAGS.pod):
+    raise app.UsageError("--input_only times this host's input pipeline; "
+                         "--topology and --pod go with the step's estimate, "
+                         "not with it")
   if FLAGS.input_only:
     result = throughput.images_per_second(
         FLAGS.config.data, batch_size=FLAGS.config.batch_size,

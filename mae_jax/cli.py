@@ -38,9 +38,13 @@ _CONFIG_FLAG_ERRORS = (AttributeError, KeyError, OSError, ValueError,
 
 
 def _program() -> str:
-  """'mae_jax.main' for `python -m mae_jax.main`."""
-  name = os.path.splitext(os.path.basename(sys.argv[0]))[0] if sys.argv else ""
-  return f"mae_jax.{name}"
+  """'mae_jax.main' for `python -m mae_jax.main`; the script's file name for
+  a script outside the package (`python benchmarks/run_all.py`)."""
+  path = sys.argv[0] if sys.argv else ""
+  if os.path.dirname(os.path.abspath(path)) != os.path.dirname(
+      os.path.abspath(__file__)):
+    return os.path.basename(path)
+  return f"mae_jax.{os.path.splitext(os.path.basename(path))[0]}"
 
 
 def _verbose() -> bool:
@@ -92,6 +96,9 @@ def _config_flag_message(error: BaseException) -> str:
   unknown field arrives as a KeyError's quoted message (with a did-you-mean
   hint) inside an AttributeError."""
   message = str(error)
+  if "has no attribute 'get_config'" in message:
+    return ("the --config file defines no get_config(); give one of the "
+            "configs/*.py files that do, e.g. --config=configs/demo.py")
   if isinstance(error, (KeyError, AttributeError)):
     try:
       message = ast.literal_eval(message)
@@ -110,7 +117,11 @@ def report(error: BaseException) -> NoReturn:
     # At once: the other processes, not interrupted, would keep it waiting.
     _exit(130, leave_distributed_run=False)
   if isinstance(error, SystemExit):
-    _exit(error.code if isinstance(error.code, int) else 1)
+    if error.code is None or isinstance(error.code, int):
+      _exit(error.code or 0)
+    # SystemExit("message"): Python would print the message, so do we.
+    print(f"{_program()}: error: {error.code}", file=sys.stderr)
+    _exit(1)
   if _verbose() or not isinstance(error, EXPECTED_ERRORS):
     traceback.print_exception(error)
   else:
@@ -132,6 +143,7 @@ def _missing_config_file(argv: list[str]) -> str:
   """The message for a --config file that does not exist; '' otherwise.
   (ml_collections reports it as a failure to load, deep in another flag.)"""
   paths = [arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")]
+  paths += [value for flag, value in zip(argv, argv[1:]) if flag == "--config"]
   if not paths or os.path.exists(paths[-1].split(":")[0]):
     return ""
   return (f"--config={paths[-1]}: no such file; give one of the configs/*.py "

@@ -11,22 +11,24 @@ arguments and environment otherwise.
 
 Nothing happens off Linux, when GLIBC_TUNABLES is already set (the user's
 own tunables, or the re-executed child: it never loops), or with
-MAE_JAX_NO_REEXEC=1.
+MAE_JAX_NO_REEXEC=1 (any value but "", 0, false, no or off). If the
+re-execution itself fails, the process carries on with the default malloc.
 """
 
 import os
 import sys
-from typing import Mapping
+from typing import Any, Mapping
 
 TUNABLES = "glibc.malloc.hugetlb=1"
 OPT_OUT = "MAE_JAX_NO_REEXEC"
+_NOT_OPTED_OUT = ("", "0", "false", "no", "off")
 
 
 def environment_for_reexec(platform: str, environ: Mapping[str, str]
                            ) -> dict[str, str] | None:
   """The environment to re-execute with, or None to carry on as we are."""
   if (not platform.startswith("linux") or "GLIBC_TUNABLES" in environ
-      or environ.get(OPT_OUT, "") not in ("", "0")):
+      or environ.get(OPT_OUT, "").strip().lower() not in _NOT_OPTED_OUT):
     return None
   return {**environ, "GLIBC_TUNABLES": TUNABLES}
 
@@ -43,4 +45,21 @@ def reexec_with_huge_page_malloc():
   sys.stdout.flush()
   sys.stderr.flush()
   # orig_argv holds the interpreter's own options and `-m module` too.
-  os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environ)
+  try:
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environ)
+  except OSError as e:
+    print(f"warning: could not re-execute with {TUNABLES} ({e}); carrying "
+          f"on with glibc's default malloc ({OPT_OUT}=1 skips this)",
+          file=sys.stderr)
+
+
+def usage_per_step(before: Any, after: Any, steps: int) -> dict[str, float]:
+  """Minor page faults and kernel seconds per step between two
+  `resource.getrusage` readings around `steps` timed steps: what the malloc
+  setting changes (BENCHMARKS.md, "glibc and XLA's temporary buffer").
+  The caller imports `resource` (POSIX only), not this module, which every
+  entry point imports first."""
+  steps = max(steps, 1)
+  return {"minor_page_faults_per_step":
+              (after.ru_minflt - before.ru_minflt) / steps,
+          "kernel_s_per_step": (after.ru_stime - before.ru_stime) / steps}

@@ -257,9 +257,12 @@ def estimate(config: ml_collections.ConfigDict, topology_name: str,
     raise ValueError(f"--pod={pod_name} is not the chip of "
                      f"--topology={topology_name}; name a slice of the same "
                      "TPU generation")
-  if config.get("eval_only", False):
-    raise ValueError(f"mode={config.mode} with eval_only trains nothing: "
-                     "estimate a pretraining or classification config")
+  if pod.devices < top.devices:
+    raise ValueError(f"--pod={pod_name} ({pod.devices} devices) is smaller "
+                     f"than --topology={topology_name} ({top.devices}): --pod "
+                     "is the whole slice the recipe runs on, --topology the "
+                     "part compiled for; did you swap them?")
+  train.require_a_train_step(config)
   config = for_platform(config, top.platform)
   train.validate_config(config, 1, pod.devices)
   config = durations.resolve(config, num_examples)
@@ -316,12 +319,19 @@ def define_flags(config_help: str):
   mae_jax.benchmark, which has flags of the same names."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
   config_flags.DEFINE_config_file("config", None, config_help,
                                   lock_config=True)
-  flags.DEFINE_string("topology", "v3-8", "A topology of TOPOLOGIES.")
-  flags.DEFINE_string("pod", None, "The pod the recipe runs on; default: "
-                      "--topology.")
+  flags.DEFINE_enum("topology", "v3-8", sorted(TOPOLOGIES),
+                    "The TPU slice to compile the step for.")
+  flags.DEFINE_enum("pod", None, sorted(TOPOLOGIES),
+                    "The slice the recipe runs on, which sets the per-device "
+                    "batch; default: --topology.")
   flags.mark_flags_as_required(["config"])
+  # absl files a flag under the module that defines it (this one); the
+  # script's --helpshort lists its key flags, so make these the script's.
+  for name in ("config", "topology", "pod"):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
 
 
 def describe(config: ml_collections.ConfigDict) -> dict:

@@ -98,6 +98,15 @@ class TrainMetrics(metrics.Collection):
   extra: Averages
 
 
+def require_a_train_step(config: ml_collections.ConfigDict):
+  """Raises for a config whose run has no train step (k-NN, `eval_only`),
+  for the tools that time or estimate that step."""
+  if config.get("eval_only", False):
+    raise ValueError(f"mode={config.mode} with eval_only trains nothing: "
+                     "time or estimate a pretraining or classification "
+                     "config")
+
+
 def validate_config(config: ml_collections.ConfigDict, process_count: int,
                     local_device_count: int):
   """Checks what would otherwise fail late, with the fix in the message.

@@ -27,6 +27,9 @@ def test_run_reports_speed_flops_and_utilisation():
   assert result["peak_source"] == "--peak_tflops"
   assert result["mfu"] == pytest.approx(
       result["train_gflop_per_img"] * 64 / result["step_s_median"] / 1e3 / 8)
+  # The timed steps' own page faults and kernel time (the malloc's cost).
+  assert result["minor_page_faults_per_step"] >= 0
+  assert 0 <= result["kernel_s_per_step"] < 10 * result["step_s_median"]
 
 
 def test_run_times_a_classification_config_too():
@@ -66,3 +69,30 @@ def test_cae_configs_run_too():
                          peak_flag=1.0)
   assert result["decoder"] == "regressor 1x32 + decoder 1x32"
   assert result["img_per_s"] > 0
+
+
+def test_a_config_without_a_train_step_is_refused_before_compiling():
+  from testing_utils import tiny_knn_config
+  with pytest.raises(ValueError, match="trains nothing"):
+    benchmark.compiled_step(tiny_knn_config())
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--steps=0"], "--steps=0"),
+    (["--warmup=-1"], "--warmup=-1"),
+    (["--peak_tflops=-1"], "--peak_tflops=-1"),
+    (["--input_only", "--topology=v3-8"], "--input_only times this host"),
+])
+def test_bad_flags_fail_at_once_with_a_clear_message(flags, message):
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run(
+      [sys.executable, "-m", "mae_jax.benchmark",
+       "--config=configs/demo.py", *flags], cwd=root, capture_output=True,
+      text=True, timeout=300, check=False,
+      env=dict(os.environ, PYTHONPATH=root, MAE_JAX_NO_REEXEC="1"))
+  assert result.returncode == 1
+  assert "mae_jax.benchmark: error:" in result.stderr
+  assert message in result.stderr and "Traceback" not in result.stderr

@@ -39,5 +39,5 @@ def test_no_rounds_is_refused_in_one_line():
        "--config=configs/demo.py", "--rounds=0"], cwd=ROOT,
       capture_output=True, text=True, timeout=120, check=False)
   assert done.returncode != 0
-  assert "--steps and --rounds must be at least 1" in done.stderr
+  assert "cpu_step_forms.py: error: flag --rounds=0" in done.stderr
   assert "Traceback" not in done.stderr, done.stderr[-2000:]

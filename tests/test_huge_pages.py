@@ -21,6 +21,7 @@ def test_linux_without_tunables_re_executes_with_them_and_keeps_the_rest():
     ("linux", {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}),
     ("linux", {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}),
     ("linux", {"MAE_JAX_NO_REEXEC": "1"}),
+    ("linux", {"MAE_JAX_NO_REEXEC": "yes"}),
 ])
 def test_no_reexec_off_linux_when_set_or_opted_out(platform, environ):
   assert huge_pages.environment_for_reexec(platform, environ) is None
@@ -41,6 +42,24 @@ def test_reexec_keeps_interpreter_options_and_arguments(monkeypatch):
   assert env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
 
 
+@pytest.mark.parametrize("value", ["0", "false", "No", "off", " "])
+def test_a_false_opt_out_still_re_executes(value):
+  env = huge_pages.environment_for_reexec("linux",
+                                          {"MAE_JAX_NO_REEXEC": value})
+  assert env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+
+
+def test_a_failed_reexec_carries_on_with_a_warning(monkeypatch, capsys):
+  def fail(*_):
+    raise FileNotFoundError("no such interpreter")
+  monkeypatch.setattr(os, "execve", fail)
+  monkeypatch.setattr(sys, "platform", "linux")
+  monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+  monkeypatch.delenv("MAE_JAX_NO_REEXEC", raising=False)
+  huge_pages.reexec_with_huge_page_malloc()
+  assert "carrying on with glibc's default malloc" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 def test_the_reexecuted_process_sees_the_variable_and_runs_once():
   script = ("import os; from mae_jax import huge_pages; print('start'); "
@@ -53,3 +72,11 @@ def test_the_reexecuted_process_sees_the_variable_and_runs_once():
                        capture_output=True, text=True, check=True,
                        timeout=60).stdout
   assert out.split() == ["start", "start", "glibc.malloc.hugetlb=1"]
+
+
+def test_usage_per_step_divides_the_faults_and_kernel_time_by_the_steps():
+  import types
+  before = types.SimpleNamespace(ru_minflt=1_000, ru_stime=2.0)
+  after = types.SimpleNamespace(ru_minflt=61_000, ru_stime=5.0)
+  assert huge_pages.usage_per_step(before, after, steps=10) == {
+      "minor_page_faults_per_step": 6_000.0, "kernel_s_per_step": 0.3}

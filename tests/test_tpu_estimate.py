@@ -114,6 +114,18 @@ def test_a_pod_of_another_chip_is_refused():
     tpu_estimate.estimate(tiny_config(), "v3-8", "v4-32")
 
 
+def test_a_pod_smaller_than_the_topology_is_refused():
+  # Swapped flags: --topology=v3-128 --pod=v3-8.
+  with pytest.raises(ValueError, match="did you swap them"):
+    tpu_estimate.estimate(tiny_config(), "v3-128", "v3-8")
+
+
+def test_a_config_without_a_train_step_is_refused():
+  from testing_utils import tiny_knn_config
+  with pytest.raises(ValueError, match="trains nothing"):
+    tpu_estimate.estimate(tiny_knn_config(), "v3-8")
+
+
 @needs_libtpu
 def test_tiny_step_on_a_v3_slice():
   config = tiny_config(batch_size=512)  # 64 per core: matmuls dominate

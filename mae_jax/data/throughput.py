@@ -24,6 +24,9 @@ def images_per_second(data_config: ml_collections.ConfigDict, *,
   ones include whatever the prefetch buffers held, so ask for many more
   steps than `data.prefetch_batches` to measure the steady rate.
   """
+  if steps < 1 or warmup < 0:
+    raise ValueError(f"steps={steps}, warmup={warmup}: time at least one "
+                     "batch (steps >= 1) after warmup >= 0 untimed ones")
   source = sources.open_source(data_config, data_config.split, image_size)
   workers = pipeline.worker_processes(data_config, source)
   batches = pipeline.TrainPipeline(
