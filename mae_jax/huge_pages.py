@@ -1,8 +1,8 @@
 """glibc's huge-page malloc for the command-line entry points.
 
-XLA:CPU mallocs its ~1 GB buffer of activations at every step and frees it
+XLA:CPU mallocs its ~1.3 GB buffer of activations at every step and frees it
 at the end; glibc serves it with fresh mmaps of 4 KiB pages, and faulting
-them in costs ~0.6 s of a 3.5 s ViT-B step (BENCHMARKS.md, "glibc and XLA's
+them in costs ~0.6 s of a 3.2 s ViT-B step (BENCHMARKS.md, "glibc and XLA's
 temporary buffer"). `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (glibc >= 2.35;
 older versions ignore it) backs those mappings with transparent huge pages.
 glibc reads the variable once, when the process starts, so an entry point
