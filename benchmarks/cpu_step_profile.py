@@ -59,7 +59,8 @@ from mae_jax import tpu_estimate
 # --config and --steps are mae_jax.benchmark's (defined when it is imported).
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("top", 10, "How many of the slowest operations, "
-                     "and of the largest sources of the others, to list.")
+                     "and of the largest sources of the others, to list.",
+                     lower_bound=1)
 
 KINDS = ("matmuls", "copies of the train state", "other copies",
          "everything else")

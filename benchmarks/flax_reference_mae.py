@@ -21,7 +21,6 @@ import os
 import sys
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 from absl import app
 from absl import flags

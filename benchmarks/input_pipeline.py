@@ -240,8 +240,9 @@ def main():
   parser.add_argument("--single_thread", choices=("folder", "tfds"),
                       help="only run the single-thread loop (for py-spy)")
   args = parser.parse_args()
-  if args.steps < 1 or args.rounds < 1 or args.num_images < 1:
-    parser.error("--steps, --rounds and --num_images must be at least 1")
+  if min(args.steps, args.rounds, args.num_images, args.batch_size) < 1:
+    parser.error("--steps, --rounds, --num_images and --batch_size must be "
+                 "at least 1")
   if args.single_thread:
     single_thread_loop(data_config(args.data_dir, args.single_thread, 0, 1),
                        args.num_images)

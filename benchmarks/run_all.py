@@ -1,4 +1,4 @@
-"""Re-makes the figures of BENCHMARKS.md: python benchmarks/run_all.py.
+"""Re-makes BENCHMARKS.md's figures: run_all.py --section=cpu|tpu|input|all.
 
   python benchmarks/run_all.py --section=cpu   # the CPU step table, timed
   python benchmarks/run_all.py --section=tpu   # XLA's TPU estimates
@@ -56,7 +56,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 from mae_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
-HUGE_PAGES = "glibc.malloc.hugetlb=1"
+from mae_jax.huge_pages import TUNABLES as HUGE_PAGES  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 @dataclasses.dataclass(frozen=True)
@@ -398,9 +398,13 @@ def cpu_table(results: dict[str, list[dict]]) -> str:
         f"{_cell(_median(rows, 'kernel_s_per_step'), '.2f')} | "
         f"{torch[malloc] / step[label]:.2f}x | "
         f"{fastest_torch / step[label]:.2f}x |")
-  by_round = [min(r["step_s_median"] for r in torch_rounds) /
-              ours["step_s_median"] for ours, *torch_rounds in
-              zip(results[OURS], *(results[label] for label in TORCH))]
+  def by_round_index(label):
+    return {r.get("round", i): r["step_s_median"]
+            for i, r in enumerate(results[label])}
+  ours = by_round_index(OURS)
+  torch_rounds = [by_round_index(label) for label in TORCH]
+  by_round = [min(t[i] for t in torch_rounds) / ours[i] for i in sorted(ours)
+              if all(i in t for t in torch_rounds)]
   lines.append("\nours (hugetlb) against PyTorch's faster malloc, by round: "
                + ", ".join(f"{ratio:.2f}x" for ratio in by_round))
   ratio = (step["mae_jax, encoder with mask tokens"] / step[OURS])

@@ -41,6 +41,8 @@ def main():
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--warmup", type=int, default=2)
   args = parser.parse_args()
+  if args.batch < 1 or args.steps < 1 or args.warmup < 0:
+    parser.error("--batch and --steps must be at least 1, --warmup at least 0")
 
   torch.manual_seed(0)
   model = transformers.ViTMAEForPreTraining(vit_mae_base()).train()

@@ -190,7 +190,7 @@ def run(config, steps: int, warmup: int, peak_flag: float) -> dict:
       "peak_tflops_per_device": peak,
       "peak_source": peak_source,
       "mfu": step_flops / step_s / (peak * 1e12 * len(devices)),
-      # On CPUs, glibc's default malloc hands XLA's ~1 GB temp buffer back to
+      # On CPUs, glibc's default malloc hands XLA's ~1.3 GB temp buffer back to
       # the OS after every step (mae_jax/huge_pages.py): the timed steps'
       # page faults and kernel time show what that costs.
       "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),

@@ -25,7 +25,6 @@ from typing import Callable, NoReturn
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
 # Errors that carry a message meant for a person: bad input, a missing or
 # unwritable file, a diverged run, a failed save or restore. Anything else is
@@ -41,6 +40,8 @@ def _program() -> str:
   """'mae_jax.main' for `python -m mae_jax.main`; the script's file name for
   a script outside the package (`python benchmarks/run_all.py`)."""
   path = sys.argv[0] if sys.argv else ""
+  if path in ("", "-c"):  # python -c, or an interactive session
+    return "mae_jax"
   if os.path.dirname(os.path.abspath(path)) != os.path.dirname(
       os.path.abspath(__file__)):
     return os.path.basename(path)
@@ -142,8 +143,10 @@ def run(main: Callable[[], object]):
 def _missing_config_file(argv: list[str]) -> str:
   """The message for a --config file that does not exist; '' otherwise.
   (ml_collections reports it as a failure to load, deep in another flag.)"""
-  paths = [arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")]
-  paths += [value for flag, value in zip(argv, argv[1:]) if flag == "--config"]
+  # In command-line order: absl takes the last one.
+  paths = [arg.split("=", 1)[1] if arg.startswith("--config=") else following
+           for arg, following in zip(argv, argv[1:] + [""])
+           if arg.startswith("--config=") or arg == "--config"]
   if not paths or os.path.exists(paths[-1].split(":")[0]):
     return ""
   return (f"--config={paths[-1]}: no such file; give one of the configs/*.py "

@@ -59,7 +59,8 @@ def usage_per_step(before: Any, after: Any, steps: int) -> dict[str, float]:
   setting changes (BENCHMARKS.md, "glibc and XLA's temporary buffer").
   The caller imports `resource` (POSIX only), not this module, which every
   entry point imports first."""
-  steps = max(steps, 1)
+  if steps < 1:
+    raise ValueError(f"steps={steps}: usage per step needs timed steps")
   return {"minor_page_faults_per_step":
               (after.ru_minflt - before.ru_minflt) / steps,
           "kernel_s_per_step": (after.ru_stime - before.ru_stime) / steps}

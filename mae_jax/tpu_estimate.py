@@ -16,6 +16,7 @@ exist.
 import dataclasses
 import functools
 import os
+import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -319,7 +320,6 @@ def define_flags(config_help: str):
   mae_jax.benchmark, which has flags of the same names."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
   config_flags.DEFINE_config_file("config", None, config_help,
                                   lock_config=True)
   flags.DEFINE_enum("topology", "v3-8", sorted(TOPOLOGIES),

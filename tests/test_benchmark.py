@@ -82,6 +82,7 @@ def test_a_config_without_a_train_step_is_refused_before_compiling():
     (["--warmup=-1"], "--warmup=-1"),
     (["--peak_tflops=-1"], "--peak_tflops=-1"),
     (["--input_only", "--topology=v3-8"], "--input_only times this host"),
+    (["--input_only", "--pod=v3-8"], "--input_only times this host"),
 ])
 def test_bad_flags_fail_at_once_with_a_clear_message(flags, message):
   import os

@@ -37,15 +37,30 @@ def test_a_system_exit_code_is_kept(tmp_path, body, code):
   assert result.returncode == code and "error" not in result.stderr
 
 
-def test_a_config_file_without_get_config_is_named_as_such():
-  error = AttributeError("module 'config_config' has no attribute "
-                         "'get_config'")
-  assert "defines no get_config()" in cli._config_flag_message(error)
+def test_a_config_file_without_get_config_is_named_as_such(tmp_path):
+  config = tmp_path / "settings.py"
+  config.write_text("BATCH_SIZE = 8\n")
+  script = tmp_path / "tool.py"
+  script.write_text("from ml_collections import config_flags\n"
+                    "from mae_jax import cli\n"
+                    "config_flags.DEFINE_config_file('config')\n"
+                    "cli.run_absl(lambda argv: None)\n")
+  result = subprocess.run([sys.executable, str(script), f"--config={config}"],
+                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                          capture_output=True, text=True, timeout=120,
+                          check=False)
+  assert result.returncode == 1
+  assert "tool.py: error: the --config file defines no get_config()" in (
+      result.stderr), result.stderr[-2000:]
 
 
 def test_a_missing_config_file_is_found_in_either_flag_form():
-  for argv in (["prog", "--config=configs/nope.py"],
-               ["prog", "--config", "configs/nope.py"]):
+  demo, missing = f"{ROOT}/configs/demo.py", "configs/nope.py"
+  for argv in (["prog", f"--config={missing}"], ["prog", "--config", missing],
+               # absl takes the last --config, in either form.
+               ["prog", "--config", demo, f"--config={missing}"],
+               ["prog", f"--config={demo}", "--config", missing]):
     assert "configs/nope.py: no such file" in cli._missing_config_file(argv)
-  assert not cli._missing_config_file(["prog", "--config",
-                                       f"{ROOT}/configs/demo.py"])
+  for argv in (["prog", "--config", demo],
+               ["prog", "--config", missing, f"--config={demo}"]):
+    assert not cli._missing_config_file(argv)

@@ -80,3 +80,5 @@ def test_usage_per_step_divides_the_faults_and_kernel_time_by_the_steps():
   after = types.SimpleNamespace(ru_minflt=61_000, ru_stime=5.0)
   assert huge_pages.usage_per_step(before, after, steps=10) == {
       "minor_page_faults_per_step": 6_000.0, "kernel_s_per_step": 0.3}
+  with pytest.raises(ValueError, match="steps=0"):
+    huge_pages.usage_per_step(before, after, steps=0)

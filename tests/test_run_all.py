@@ -37,6 +37,9 @@ def test_every_cpu_figure_of_the_table_has_a_run():
   # PyTorch's medians: 3.65 s (default), 3.6 s (hugetlb, the faster).
   assert ("| mae_jax, glibc.malloc.hugetlb=1 | 3.00 | 2.67 | 0.50 | 1,500 | "
           "0.10 | 1.20x | 1.20x |") in table
+  # The default-malloc row: PyTorch's default-malloc median is 3.65 s.
+  assert "| mae_jax, glibc default malloc | 4.00 | 2.00 | 0.50 | 1,500 | " \
+         "0.10 | 0.91x | 0.90x |" in table
   assert "faster malloc (3.60 s)" in table
   assert "by round: 1.20x, 1.10x" in table
   assert "3.00x the step time, 3.00x the FLOPs" in table
@@ -192,3 +195,18 @@ def test_the_step_forms_table_has_a_row_per_form():
   assert "| state mapped | 3.50 | 1.25x | 758 | 1.34 | 1 |" in table
   assert "| the trainer | 2.80 | 1.00x | 254 | 0.45 | 0 |" in table
   assert "cpu_step_forms.py" in " ".join(run_all.STEP_FORMS.argv)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ([], "the following arguments are required: --section"),
+    (["--section=cpu", "--rounds=0"], "--rounds must be at least 1"),
+    (["--section=cpu", "--out=no_such_dir/x.jsonl"],
+     "--out=no_such_dir/x.jsonl: no directory"),
+])
+def test_bad_arguments_end_run_all_before_any_run(arguments, message):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  done = subprocess.run([sys.executable, "benchmarks/run_all.py", *arguments],
+                        cwd=root, capture_output=True, text=True, timeout=120,
+                        check=False)
+  assert done.returncode == 2 and message in done.stderr
+  assert "Traceback" not in done.stderr
