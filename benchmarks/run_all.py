@@ -398,6 +398,7 @@ def cpu_table(results: dict[str, list[dict]]) -> str:
         f"{_cell(_median(rows, 'kernel_s_per_step'), '.2f')} | "
         f"{torch[malloc] / step[label]:.2f}x | "
         f"{fastest_torch / step[label]:.2f}x |")
+
   def by_round_index(label):
     return {r.get("round", i): r["step_s_median"]
             for i, r in enumerate(results[label])}

@@ -197,8 +197,9 @@ def mean_over_devices(tree: Any) -> Any:
   XLA still emits the all-reduce for a single device, and on CPU it is not
   free: a copy of every gradient, and the update's loops that read them ran
   slower after it. Skipping it made the MAE ViT-B step on one 2-core CPU
-  device 3% faster (benchmarks/cpu_step_forms.py). The axis size is the
-  global one (all processes' devices), so a multi-host run still averages.
+  device 2-3% faster (benchmarks/cpu_step_forms.py, two runs). The axis
+  size is the global one (all processes' devices), so a multi-host run
+  still averages.
   """
   if jax.lax.axis_size(AXIS) == 1:
     return tree
